@@ -1,0 +1,1 @@
+"""Built-in plugin guard: arrives with its own issue."""

@@ -1,0 +1,1 @@
+"""Built-in plugin optout: arrives with its own issue."""

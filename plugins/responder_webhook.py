@@ -1,0 +1,1 @@
+"""Built-in plugin webhook: arrives with its own issue."""

@@ -1,0 +1,447 @@
+"""The ``responder`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from responder import __version__
+from responder.app import App, build_app
+from responder.commands import CommandRegistry
+from responder.config import ConfigError, Settings, load_settings
+from responder.gateway import GatewayClient, GatewayError
+from responder.logs import configure_logging
+from responder.models import PLATFORM_TZ, Message
+from responder.plugins import PluginHost
+from responder.store import Store, StoreError
+
+CONFIG_ENV = "RESPONDER_CONFIG"
+DEFAULT_CONFIG = "/etc/responder/config.toml"
+EXIT_CONFIG = 2
+
+
+def _default_config() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"configuration file (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})",
+    )
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config or _default_config()
+
+
+def _problems(problems: Sequence[str]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _quiet_logs(settings: Settings | None = None) -> None:
+    configure_logging(
+        format="console",
+        level="warning",
+        secrets=settings.secrets() if settings else (),
+        encodings=(settings.gateway.encoding,) if settings else ("gbk",),
+    )
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    try:
+        settings = load_settings(path)
+    except ConfigError as err:
+        return _problems(err.problems)
+    host = PluginHost(settings)
+    _configs, problems = host.parse_configs(settings)
+    if host.problems or problems:
+        return _problems([*host.problems, *problems])
+    print("ok")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from responder.sandbox import serve
+
+    serve(
+        args.host,
+        args.port,
+        name=args.name,
+        password=args.password,
+        encoding=args.encoding,
+        min_read_interval=args.interval,
+    )
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as err:
+        return _problems(err.problems)
+    _quiet_logs(settings)
+    schedule = None
+    if args.schedule:
+        try:
+            schedule = datetime.strptime(args.schedule, "%Y%m%d%H%M").replace(tzinfo=PLATFORM_TZ)
+        except ValueError:
+            print(f"--schedule: must be YYYYMMDDHHMM, got {args.schedule!r}", file=sys.stderr)
+            return EXIT_CONFIG
+    with GatewayClient(settings.gateway) as client:
+        try:
+            result = client.send(args.numbers, args.message, schedule=schedule, sender=args.sender)
+        except GatewayError as err:
+            print(f"send failed: {err}", file=sys.stderr)
+            return 1
+    print(f"ok:       {result.ok}")
+    print(f"num:      {result.num}")
+    print(f"accepted: {', '.join(result.accepted) or '-'}")
+    print(f"refused:  {', '.join(result.refused) or '-'}")
+    print(f"errid:    {result.errid}")
+    print(f"err:      {result.err}")
+    return 0 if result.ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from responder.daemon import Daemon
+
+    path = _config_path(args)
+    daemon = Daemon(path)
+    try:
+        code = daemon.run()
+    except ConfigError as err:
+        return _problems(err.problems)
+    except StoreError as err:
+        print(f"{path}: store.path: {err}", file=sys.stderr)
+        return 1
+    if not daemon.stopping.is_set() or code:
+        return code
+    # Threads still in a hung request would hold the interpreter open: their work is
+    # committed or will be retried, so leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from responder.demo import run_demo
+
+    return run_demo(interval=args.interval)
+
+
+def _simulation_app(args: argparse.Namespace) -> tuple[App | None, int]:
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as err:
+        return None, _problems(err.problems)
+    _quiet_logs(settings)
+    path = settings.store.path
+    store_path = path if path.exists() else Path(tempfile.mkdtemp()) / "simulate.db"
+    try:
+        return build_app(settings, store=Store(store_path), dry_run=True), 0
+    except ConfigError as err:
+        return None, _problems(err.problems)
+
+
+def simulated_message(text: str, src: str, dst: str) -> Message:
+    return Message(
+        id=0,
+        gateway_id=0,
+        src=src,
+        dst=dst,
+        text=text,
+        received_at=datetime.now(PLATFORM_TZ),
+        raw="",
+    )
+
+
+def decision_record(decision: Any) -> dict[str, Any]:
+    reply = decision.reply
+    return {
+        "text": decision.message.text,
+        "src": decision.message.src,
+        "dropped": decision.dropped,
+        "plugin": reply.plugin if reply else None,
+        "meta": dict(reply.meta) if reply else {},
+        "reply": decision.final.text if decision.final else None,
+        "vetoed": decision.vetoed,
+        "parts": list(decision.composed.parts) if decision.composed else [],
+        "truncated": bool(decision.composed and decision.composed.truncated),
+        "reason": decision.reason,
+    }
+
+
+def print_decision(record: dict[str, Any]) -> None:
+    print(f"message:  {record['text']!r} from {record['src']}")
+    for key, value in record["meta"].items():
+        print(f"{key + ':':<9} {value}")
+    if record["dropped"]:
+        print(f"dropped:  {record['dropped']}")
+    print(f"plugin:   {record['plugin'] or '-'}")
+    if record["vetoed"]:
+        print(f"vetoed:   {record['vetoed']}")
+    if record["parts"]:
+        print(f"reply:    {record['reply']}")
+        for index, part in enumerate(record["parts"], start=1):
+            print(f"  sms {index}: {part} ({len(part)} characters)")
+        if record["truncated"]:
+            print("  (cut to replies.max_parts)")
+    else:
+        print(f"reply:    none ({record['reason']})")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from responder.pipeline import decide
+
+    app, code = _simulation_app(args)
+    if app is None:
+        return code
+    texts = [args.text] if args.text is not None else None
+    try:
+        if texts is None:
+            if not sys.stdin.isatty():
+                texts = [line.rstrip("\n") for line in sys.stdin]
+            else:
+                return _interactive(app, args)
+        for text in texts:
+            record = decision_record(
+                decide(app, simulated_message(text, args.src, args.dst or _service_dst(app)))
+            )
+            if args.json:
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                print_decision(record)
+        return 0
+    finally:
+        app.store.close()
+        app.close()
+
+
+def _service_dst(app: App) -> str:
+    return app.settings.gateway.sender or ""
+
+
+def _interactive(app: App, args: argparse.Namespace) -> int:
+    from responder.pipeline import decide
+
+    print("Type a message as a customer would; an empty line or Ctrl-D ends.")
+    while True:
+        try:
+            text = input("> ")
+        except EOFError:
+            return 0
+        if not text:
+            return 0
+        message = simulated_message(text, args.src, args.dst or _service_dst(app))
+        print_decision(decision_record(decide(app, message)))
+
+
+def _age(moment: float | None, now: float) -> str:
+    if moment is None:
+        return "never"
+    when = datetime.fromtimestamp(moment, PLATFORM_TZ)
+    return f"{now - moment:.0f} s ago ({when:%Y-%m-%d %H:%M:%S})"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as err:
+        return _problems(err.problems)
+    _quiet_logs(settings)
+    if not settings.store.path.exists():
+        print(f"{settings.store.path}: no store yet: the daemon has not run", file=sys.stderr)
+        return 1
+    try:
+        app = build_app(settings, store=Store(settings.store.path), dry_run=True)
+    except ConfigError as err:
+        return _problems(err.problems)
+    status = app.store.status()
+    sections = app.status_sections()
+    now = time.time()
+    stale = status.last_read_at is None or now - status.last_read_at > args.max_age
+    if args.json:
+        record = asdict(status) | {
+            "plugins": {s.title: dict(s.figures) for s in sections},
+            "healthy": not stale,
+        }
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+    else:
+        print(f"store:          {settings.store.path}")
+        print(f"messages:       {_counts(status.messages)}")
+        print(f"outbox:         {_counts(status.outbox)}")
+        print(f"dead letters:   {status.outbox.get('dead', 0)}")
+        print(f"uncertain:      {status.uncertain_sends} send(s) whose outcome was unknown")
+        print(f"last read:      {_age(status.last_read_at, now)}")
+        print(f"last message:   {_age(status.last_message_at, now)}")
+        print(f"last sent:      {_age(status.last_sent_at, now)}")
+        if status.reasons:
+            print("not answered, by reason:")
+            for reason, count in sorted(status.reasons.items(), key=lambda item: -item[1]):
+                print(f"  {count:>6}  {reason}")
+        for section in sections:
+            print(f"{section.title}:")
+            for name, value in section.figures:
+                print(f"  {name}: {value}")
+        if stale:
+            print(f"unhealthy: no successful read in the last {args.max_age:.0f} s")
+    app.store.close()
+    app.close()
+    return 1 if stale else 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{state} {count}" for state, count in sorted(counts.items())) or "none"
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    settings = None
+    path = _config_path(args)
+    if args.config or Path(path).exists():
+        try:
+            settings = load_settings(path)
+        except ConfigError as err:
+            return _problems(err.problems)
+    host = PluginHost(settings)
+    for info in host.infos:
+        print(f"{info.name}  ({info.source}: {info.origin})")
+        for hook in info.hooks:
+            print(f"    {hook}")
+    for problem in host.problems:
+        print(problem, file=sys.stderr)
+    return EXIT_CONFIG if host.problems else 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def plugin_commands() -> CommandRegistry:
+    """Commands added by built-in and entry-point plugins."""
+    registry = CommandRegistry()
+    host = PluginHost(None, include_configured=False)
+    for plugin, function in host.implementations("responder_register_commands"):
+        registry.plugin = plugin
+        function(commands=registry)
+    return registry
+
+
+def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="responder",
+        description="Answer SMS replies read from a 企信通 gateway account, through plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"sms-responder {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole pipeline against the built-in simulator")
+    p.add_argument("--interval", type=float, default=0.5, help="read interval in seconds")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    _add_config(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("check", help="validate a configuration file")
+    _add_config(p)
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("sandbox", help="run the gateway simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8800)
+    p.add_argument("--name", default="demo", help="account name it accepts")
+    p.add_argument("--password", default="demo", help="password it accepts")
+    p.add_argument("--encoding", default="gbk")
+    p.add_argument("--interval", type=float, default=5.0, help="minimum read interval")
+    p.set_defaults(handler=cmd_sandbox)
+
+    p = sub.add_parser("send", help="send one SMS by hand and print the gateway's answer")
+    _add_config(p)
+    p.add_argument("numbers", nargs="+", metavar="NUMBER")
+    p.add_argument("-m", "--message", required=True, help="the text")
+    p.add_argument("--schedule", help="send later: YYYYMMDDHHMM, platform time")
+    p.add_argument("--sender", help="digits appended to the service code")
+    p.set_defaults(handler=cmd_send)
+
+    p = sub.add_parser("simulate", help="run a text through the plugins, sending nothing")
+    _add_config(p)
+    p.add_argument("text", nargs="?", help="the message (read from stdin or a prompt if absent)")
+    p.add_argument("--from", dest="src", default="13800138000", help="the sender's number")
+    p.add_argument("--to", dest="dst", default="", help="the number it was sent to (dst)")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("status", help="counts, outbox, dead letters; exit 1 when reads are stale")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="unhealthy when the last successful read is older (default 300)",
+    )
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("plugins", help="list plugins, where each came from and its hooks")
+    _add_config(p)
+    p.set_defaults(handler=cmd_plugins)
+
+    for command in registry.commands.values() if registry else ():
+        p = sub.add_parser(command.name, help=f"{command.help} (plugin {command.plugin})")
+        _add_config(p)
+        if command.setup is not None:
+            command.setup(p)
+        p.set_defaults(handler=_plugin_handler(command))
+    return parser
+
+
+def _plugin_handler(command: Any) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            settings = load_settings(_config_path(args))
+            _quiet_logs(settings)
+            app = build_app(settings)
+        except ConfigError as err:
+            return _problems(err.problems)
+        try:
+            return command.run(app, args)
+        finally:
+            app.store.close()
+            app.close()
+
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(plugin_commands())
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

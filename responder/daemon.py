@@ -1,0 +1,412 @@
+"""The daemon: an APScheduler loop that reads, processes and sends, and its signals.
+
+Three jobs run on their own threads, so that plugin work never delays a read:
+
+- read: every ``poll_interval``, reads one message at a time and journals it;
+- process: runs journaled messages through the plugins, one at a time, in order;
+- send: drains the outbox.
+
+The read gate keeps readsms calls apart by the interval, across restarts. SIGTERM and
+SIGINT finish the work in hand and stop; SIGHUP reloads the configuration and plugins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from responder import pipeline, sender
+from responder.app import App, build_app
+from responder.config import ConfigError, Settings, load_settings
+from responder.gateway import LoginError, OutcomeUnknown, TransientError
+from responder.logs import configure_logging
+from responder.store import Store, StoreError
+
+MAX_READ_BACKOFF: Final = 300.0
+WORK_TICK: Final = 1.0
+STOP_TIMEOUT: Final = 8.0
+
+log = structlog.get_logger("responder.daemon")
+
+Notify = Callable[[str], None]
+
+
+class LoopJob:
+    """A scheduler job that repeats its step while there is work, and can be woken early."""
+
+    def __init__(self, daemon: Daemon, name: str, step: Callable[[], bool]) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.step = step
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._running = True
+        try:
+            while not self.daemon.stopping.is_set():
+                self._again = False
+                while not self.daemon.stopping.is_set() and self.daemon.guarded(
+                    self.name, self.step
+                ):
+                    pass
+                with self._lock:
+                    if not self._again:
+                        self._running = False
+                        return
+        finally:
+            with self._lock:
+                self._running = False
+
+    def kick(self) -> None:
+        """Run now, or once more after the current run, without piling up runs."""
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+        self.daemon.run_now(self.name)
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+
+class Daemon:
+    """One running configuration: start(), then stop(); run() does both around signals."""
+
+    def __init__(
+        self,
+        config_path: str | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Callable[[], float] = time.time,
+        extra_plugins: tuple[tuple[str, Any], ...] = (),
+        notify: Notify | None = None,
+        configure_logs: bool = True,
+    ) -> None:
+        if settings is None and config_path is None:
+            raise ValueError("a Daemon needs a configuration file or settings")
+        self.config_path = config_path
+        self._initial_settings = settings
+        self.clock = clock
+        self.extra_plugins = extra_plugins
+        self.notify: Notify = notify or (lambda _line: None)
+        self.configure_logs = configure_logs
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self.app: App | None = None
+        self.store: Store | None = None
+        self.login_failed = False
+        self._read_failures = 0
+        self._read_backoff_until = 0.0
+        self._requests: list[str] = []
+        self._wake = threading.Event()
+        self._paused = threading.Event()
+        self._scheduler: BackgroundScheduler | None = None
+        self.jobs: dict[str, LoopJob] = {}
+        self.last_read_ok: float | None = None
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def _settings(self) -> Settings:
+        if self.config_path is not None:
+            return load_settings(self.config_path)
+        assert self._initial_settings is not None
+        return self._initial_settings
+
+    def _configure_logs(self, settings: Settings) -> None:
+        if self.configure_logs:
+            configure_logging(
+                format=settings.log.format,
+                level=settings.log.level,
+                secrets=settings.secrets(),
+                encodings=(settings.gateway.encoding,),
+            )
+
+    def start(self) -> None:
+        """Open the store, load plugins, recover unfinished sends and start the jobs.
+
+        Raises ConfigError or StoreError.
+        """
+        settings = self._settings()
+        self._configure_logs(settings)
+        self.store = Store(settings.store.path, clock=self.clock)
+        app = build_app(
+            settings, store=self.store, clock=self.clock, extra_plugins=self.extra_plugins
+        )
+        recovered = sender.recover_in_flight(app)
+        self._install(app)
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=8)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self.jobs = {
+            "read": LoopJob(self, "read", self._read_step),
+            "process": LoopJob(self, "process", self._process_step),
+            "send": LoopJob(self, "send", self._send_step),
+        }
+        wait = app.gateway.read_gate.seconds_left()
+        self._scheduler.add_job(
+            self.jobs["read"],
+            IntervalTrigger(seconds=max(settings.gateway.poll_interval, 0.2)),
+            id="read",
+            next_run_time=self._utc_in(wait),
+        )
+        for name in ("process", "send"):
+            self._scheduler.add_job(
+                self.jobs[name],
+                IntervalTrigger(seconds=WORK_TICK),
+                id=name,
+                next_run_time=self._utc_in(0),
+            )
+        self._schedule_plugin_jobs(app)
+        self._scheduler.start()
+        log.info(
+            "daemon_started",
+            plugins=app.plugins.names(),
+            poll_interval=settings.gateway.poll_interval,
+            first_read_in=round(wait, 3),
+            recovered_sends=recovered,
+            store=str(settings.store.path),
+        )
+        self.notify("READY=1")
+
+    def _install(self, app: App) -> None:
+        app.on_queued = lambda: self.kick("send")
+        app.plugins.hook.responder_startup(app=app)
+        self.app = app
+
+    def _schedule_plugin_jobs(self, app: App) -> None:
+        assert self._scheduler is not None
+        for job in app.jobs:
+            self._scheduler.add_job(
+                self._plugin_job(job.name, job.function),
+                IntervalTrigger(seconds=job.seconds),
+                id=f"plugin:{job.name}",
+                replace_existing=True,
+                next_run_time=self._utc_in(0),
+            )
+
+    def _plugin_job(self, name: str, function: Callable[[], object]) -> Callable[[], None]:
+        def step() -> bool:
+            function()
+            return False
+
+        return lambda: self.guarded(f"plugin:{name}", step)
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while any(job.busy for job in self.jobs.values()):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Finish the work in hand and stop; False when some was still running at the deadline."""
+        self.notify("STOPPING=1")
+        self.stopping.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        finished = self._wait_idle(timeout)
+        if not finished:
+            busy = [name for name, job in self.jobs.items() if job.busy]
+            log.warning("stopped_with_work_in_flight", jobs=busy)
+        if self.app is not None:
+            self.app.plugins.hook.responder_shutdown(app=self.app)
+            self.app.close()
+        if self.store is not None and finished:
+            self.store.close()
+        log.info("daemon_stopped", clean=finished)
+        return finished
+
+    def reload(self) -> bool:
+        """Load the configuration and plugins again; keep the old ones if the new are broken."""
+        if self.config_path is None:
+            log.warning("reload_unsupported", reason="no configuration file")
+            return False
+        self.notify("RELOADING=1")
+        try:
+            try:
+                settings = load_settings(self.config_path)
+                app = build_app(
+                    settings, store=self.store, clock=self.clock, extra_plugins=self.extra_plugins
+                )
+            except ConfigError as err:
+                log.error("reload_rejected", problems=err.problems, keeping="the running config")
+                return False
+            # No step starts while paused; the ones running finish with the old app.
+            self._paused.set()
+            try:
+                self._wait_idle(STOP_TIMEOUT)
+                old = self.app
+                assert old is not None and self._scheduler is not None
+                old.plugins.hook.responder_shutdown(app=old)
+                old.close()
+                for job in old.jobs:
+                    self._scheduler.remove_job(f"plugin:{job.name}")
+                self._configure_logs(settings)
+                self._install(app)
+                self.login_failed = False
+                self._read_backoff_until = 0.0
+                self._scheduler.reschedule_job(
+                    "read",
+                    trigger=IntervalTrigger(seconds=max(settings.gateway.poll_interval, 0.2)),
+                )
+                self._schedule_plugin_jobs(app)
+            finally:
+                self._paused.clear()
+            log.info("reloaded", plugins=app.plugins.names())
+            return True
+        finally:
+            self.notify("READY=1")
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop; returns the exit code."""
+        for signum, request in (
+            (signal.SIGTERM, "stop"),
+            (signal.SIGINT, "stop"),
+            (signal.SIGHUP, "reload"),
+        ):
+            signal.signal(signum, lambda *_args, r=request: self.request(r))
+        self.start()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._requests:
+                request = self._requests.pop(0)
+                if request == "reload":
+                    self.reload()
+                else:
+                    self.stop()
+                    return self.exit_code
+
+    def request(self, what: str) -> None:
+        """Ask the main loop to "stop" or "reload" (safe from a signal handler or a job)."""
+        self._requests.append(what)
+        self._wake.set()
+
+    # -- jobs ------------------------------------------------------------------------
+
+    @staticmethod
+    def _utc_in(seconds: float) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+
+    def run_now(self, name: str) -> None:
+        if self._scheduler is not None and not self.stopping.is_set():
+            with contextlib.suppress(JobLookupError, SchedulerNotRunningError):
+                self._scheduler.modify_job(name, next_run_time=self._utc_in(0))
+
+    def kick(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is not None:
+            job.kick()
+
+    def guarded(self, name: str, step: Callable[[], bool]) -> bool:
+        """Run one step of a job; a store failure is fatal, anything else is logged."""
+        if self._paused.is_set():
+            return False
+        try:
+            return step()
+        except (StoreError, sqlite3.Error) as err:
+            log.critical(
+                "store_failed",
+                job=name,
+                error=str(err),
+                action="stopping: fix the store's folder (permissions, free space)",
+            )
+            self.exit_code = 1
+            self.request("stop")
+        except Exception:
+            log.exception("job_failed", job=name)
+        return False
+
+    def _read_step(self) -> bool:
+        app = self.app
+        assert app is not None
+        if self.login_failed or app.time() < self._read_backoff_until:
+            return False
+        left = app.gateway.read_gate.seconds_left()
+        if left > 0 and self.stopping.wait(left):
+            return False
+        try:
+            sms = app.gateway.read_one()
+        except LoginError as err:
+            self.login_failed = True
+            log.error(
+                "login_refused",
+                error=str(err),
+                action="reading and sending stopped: fix the account and reload (SIGHUP)",
+            )
+            self.notify("STATUS=login refused by the gateway: fix the account, then reload")
+            return False
+        except TransientError as err:
+            self._read_failures += 1
+            delay = min(
+                app.settings.gateway.poll_interval * 2**self._read_failures, MAX_READ_BACKOFF
+            )
+            self._read_backoff_until = app.time() + delay
+            event = "read_answer_lost" if isinstance(err, OutcomeUnknown) else "read_failed"
+            log.warning(
+                event, error=str(err), retry_in=round(delay, 1), failures=self._read_failures
+            )
+            return False
+        self._read_failures = 0
+        self.last_read_ok = app.time()
+        if sms is None:
+            return False
+        message = app.store.journal(sms)
+        if message is None:
+            log.warning("message_duplicate", gateway_id=sms.gateway_id)
+        else:
+            log.info(
+                "message_received",
+                message_id=message.id,
+                gateway_id=sms.gateway_id,
+                src=sms.src,
+                dst=sms.dst,
+                chars=len(sms.text),
+            )
+            self.kick("process")
+        return True
+
+    def _process_step(self) -> bool:
+        app = self.app
+        assert app is not None
+        message = app.store.next_unprocessed()
+        if message is None:
+            return False
+        pipeline.process(app, message)
+        return True
+
+    def _send_step(self) -> bool:
+        app = self.app
+        assert app is not None
+        if self.login_failed:
+            return False
+        try:
+            return sender.send_due(app) > 0
+        except LoginError as err:
+            self.login_failed = True
+            log.error(
+                "login_refused",
+                error=str(err),
+                action="reading and sending stopped: fix the account and reload (SIGHUP)",
+            )
+            return False

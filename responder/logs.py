@@ -1,0 +1,145 @@
+"""Logging: structlog for our events and the stdlib loggers of httpx and APScheduler alike.
+
+JSON lines for journald, readable lines for people. Every rendered line passes through
+a redactor that removes the configured secrets, whatever put them there. Tracebacks
+never include local variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
+
+import structlog
+
+REDACTED = "[REDACTED]"
+_NOISY_LOGGERS = {
+    # httpx logs every request URL at INFO, and a GET URL carries the password.
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    # APScheduler logs every job run at INFO: once per poll interval.
+    "apscheduler": logging.WARNING,
+}
+
+
+class _SkippedRunFilter(logging.Filter):
+    """Drops APScheduler's note that a run was skipped because the last is still going.
+
+    The read, process and send jobs loop while there is work, so skipped ticks are the
+    design, not a fault.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+_skipped_run_filter = _SkippedRunFilter()
+
+
+class Redactor:
+    """Replaces secrets, and their percent-encoded forms, in rendered log lines."""
+
+    def __init__(self) -> None:
+        self._needles: tuple[str, ...] = ()
+
+    def set_secrets(self, secrets: Iterable[str], encodings: Iterable[str] = ("gbk",)) -> None:
+        needles: set[str] = set()
+        for secret in secrets:
+            if not secret:
+                continue
+            needles.add(secret)
+            for encoding in {*encodings, "utf-8"}:
+                try:
+                    needles.update(
+                        {quote(secret, encoding=encoding), quote_plus(secret, encoding=encoding)}
+                    )
+                except (UnicodeEncodeError, LookupError):
+                    continue
+        # Longest first, so a secret that contains another is removed whole.
+        self._needles = tuple(sorted(needles, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for needle in self._needles:
+            if needle in text:
+                text = text.replace(needle, REDACTED)
+        return text
+
+
+redactor = Redactor()
+
+
+class _RedactingRenderer:
+    def __init__(self, renderer: Any) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> str:
+        return redactor(self._renderer(logger, name, event_dict))
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def configure_logging(
+    *,
+    format: str = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
+    encodings: Iterable[str] = ("gbk",),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog and the stdlib root logger; safe to call again (on reload)."""
+    stream = stream or sys.stderr
+    redactor.set_secrets(secrets, encodings)
+    if format == "auto":
+        format = "console" if stream.isatty() else "json"
+    if format == "json":
+        final: list[Any] = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            _RedactingRenderer(structlog.processors.JSONRenderer(ensure_ascii=False)),
+        ]
+    else:
+        final = [
+            _RedactingRenderer(
+                structlog.dev.ConsoleRenderer(
+                    colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+                )
+            )
+        ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name, floor in _NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
+    scheduler_logger = logging.getLogger("apscheduler.scheduler")
+    if _skipped_run_filter not in scheduler_logger.filters:
+        scheduler_logger.addFilter(_skipped_run_filter)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,99 @@
+"""Values that cross module boundaries: inbound messages, replies, send results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+PLATFORM_TZ = ZoneInfo("Asia/Shanghai")
+"""The platform stamps messages in China local time (UTC+8)."""
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """One message as the gateway's readsms returned it."""
+
+    gateway_id: int
+    src: str
+    dst: str
+    text: str
+    received_at: datetime | None
+    """When the platform received it (aware, Asia/Shanghai); None when the field was unusable."""
+    raw: str
+    """The response line exactly as decoded, kept with the stored message."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """An inbound SMS after it was journaled: what plugins are given."""
+
+    id: int
+    """The store's id: stable across restarts, unique in this store."""
+    gateway_id: int
+    src: str
+    dst: str
+    text: str
+    received_at: datetime | None
+    raw: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer a plugin wants sent.
+
+    ``to`` is empty for "the sender of the message"; a plugin that answers other
+    numbers names them. An empty ``text`` means no SMS.
+    """
+
+    text: str
+    to: tuple[str, ...] = ()
+    plugin: str = ""
+    """The plugin that produced it; filled in by the pipeline."""
+    meta: tuple[tuple[str, str], ...] = ()
+    """Free-form labels for logs and ``simulate`` (rule name, match reason)."""
+
+
+@dataclass(frozen=True)
+class Veto:
+    """Returned by a before-send hook to cancel an outgoing reply."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The gateway's answer to a send. ``ok`` follows the vendor: ``num > 0``."""
+
+    num: int
+    accepted: tuple[str, ...]
+    refused: tuple[str, ...]
+    errid: int | None
+    err: str
+    raw: str = field(default="", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.num > 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What happened to one outgoing SMS (one outbox row) after a send attempt."""
+
+    outbox_id: int
+    to: tuple[str, ...]
+    text: str
+    attempt: int
+    status: str
+    """"sent", "refused" (num=0), "retrying", "dead" (gave up) or "uncertain" (outcome unknown)."""
+    result: SendResult | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StatusSection:
+    """Figures a plugin adds to ``responder status`` and the metrics endpoint."""
+
+    title: str
+    figures: tuple[tuple[str, int | float | str | None], ...]

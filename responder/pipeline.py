@@ -1,0 +1,210 @@
+"""What happens to one journaled message: filter → reply → observe → before-send → outbox.
+
+``decide`` runs the plugins and composes the SMS without changing anything (it is what
+``responder simulate`` shows); ``process`` does the same and commits the outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import structlog
+
+from responder.app import App
+from responder.gateway import LONG_SMS_LIMIT
+from responder.models import Message, Reply, Veto
+from responder.store import FAILED, OutgoingSms
+from responder.text import SMS_LIMIT, clean_control, fit_parts, make_encodable
+
+log = structlog.get_logger("responder.pipeline")
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A reply turned into the SMS texts that will be sent."""
+
+    parts: tuple[str, ...]
+    truncated: bool
+    replaced: int
+    """Characters the gateway encoding cannot carry, replaced by a placeholder."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything the plugins decided about one message."""
+
+    message: Message
+    dropped: str | None = None
+    reply: Reply | None = None
+    """The winning reply, as the reply hook gave it."""
+    final: Reply | None = None
+    """The reply after before-send; None when vetoed or there was none."""
+    vetoed: str | None = None
+    composed: Composed | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why nothing is sent, or "" when something is."""
+        if self.dropped:
+            return self.dropped
+        if self.vetoed:
+            return self.vetoed
+        if self.reply is None:
+            return "no reply"
+        if not self.composed or not self.composed.parts:
+            return "empty reply"
+        return ""
+
+
+def compose(app: App, text: str) -> Composed:
+    """Apply the reply rules: clean, make encodable, add the signature, split, cap parts."""
+    settings = app.settings.replies
+    text, replaced = make_encodable(clean_control(text), app.settings.gateway.encoding)
+    text = text.strip()
+    if not text:
+        return Composed(parts=(), truncated=False, replaced=replaced)
+    prefix = settings.signature if settings.signature_position == "prefix" else ""
+    suffix = settings.signature if settings.signature_position == "suffix" else ""
+    if app.settings.gateway.long_sms:
+        parts, truncated = fit_parts(
+            text, max_parts=1, limit=LONG_SMS_LIMIT, prefix=prefix, suffix=suffix
+        )
+    else:
+        parts, truncated = fit_parts(
+            text, max_parts=settings.max_parts, limit=SMS_LIMIT, prefix=prefix, suffix=suffix
+        )
+    return Composed(parts=tuple(parts), truncated=truncated, replaced=replaced)
+
+
+def before_send(app: App, message: Message, reply: Reply) -> Reply | Veto:
+    """Run the before-send hooks in order, each seeing the reply as changed so far."""
+    for plugin, function in app.plugins.implementations("responder_before_send"):
+        result = function(app=app, message=message, reply=reply)
+        if isinstance(result, Veto):
+            return Veto(f"{plugin}: {result.reason}")
+        if isinstance(result, Reply):
+            reply = result
+        elif result is not None:
+            log.warning(
+                "plugin_bad_result",
+                plugin=plugin,
+                hook="responder_before_send",
+                got=type(result).__name__,
+            )
+    return reply
+
+
+def _first_reply(app: App, message: Message) -> Reply | None:
+    for plugin, function in app.plugins.implementations("responder_reply"):
+        result = function(app=app, message=message)
+        if result is None:
+            continue
+        if not isinstance(result, Reply):
+            log.warning(
+                "plugin_bad_result",
+                plugin=plugin,
+                hook="responder_reply",
+                got=type(result).__name__,
+            )
+            continue
+        return result if result.plugin else dataclasses.replace(result, plugin=plugin)
+    return None
+
+
+def _first_drop(app: App, message: Message) -> str | None:
+    for plugin, function in app.plugins.implementations("responder_filter"):
+        reason = function(app=app, message=message)
+        if reason:
+            return f"{plugin}: {reason}"
+    return None
+
+
+def decide(app: App, message: Message) -> Decision:
+    """Ask the plugins about a message and compose the answer; commits nothing."""
+    dropped = _first_drop(app, message)
+    if dropped:
+        return Decision(message=message, dropped=dropped)
+    reply = _first_reply(app, message)
+    if reply is None or not reply.text.strip():
+        return Decision(message=message, reply=reply)
+    checked = before_send(app, message, reply)
+    if isinstance(checked, Veto):
+        return Decision(message=message, reply=reply, vetoed=checked.reason)
+    return Decision(
+        message=message, reply=reply, final=checked, composed=compose(app, checked.text)
+    )
+
+
+def outgoing(message: Message, reply: Reply, composed: Composed) -> list[OutgoingSms]:
+    recipients = reply.to or (message.src,)
+    count = len(composed.parts)
+    return [
+        OutgoingSms(recipients=recipients, text=part, part=index, parts=count, plugin=reply.plugin)
+        for index, part in enumerate(composed.parts, start=1)
+    ]
+
+
+def process(app: App, message: Message) -> Decision:
+    """Run a journaled message through the plugins and commit the outcome with its replies."""
+    bound = log.bind(message_id=message.id, src=message.src)
+    try:
+        decision = decide(app, message)
+    except Exception as err:  # a bug in the core must not stop the queue behind this message
+        bound.exception("message_failed")
+        app.store.finish_message(
+            message.id, outgoing=[], reason=f"error: {type(err).__name__}", state=FAILED
+        )
+        return Decision(message=message)
+    app.plugins.hook.responder_observe(
+        app=app, message=message, reply=decision.reply, dropped=decision.dropped
+    )
+    queued = []
+    if decision.final is not None and decision.composed is not None:
+        queued = outgoing(message, decision.final, decision.composed)
+        _warn_composition(bound, decision.composed)
+    app.store.finish_message(
+        message.id,
+        outgoing=queued,
+        reason=decision.reason,
+        plugin=decision.reply.plugin if decision.reply else "",
+    )
+    if queued:
+        bound.info("reply_queued", plugin=decision.final.plugin, parts=len(queued))
+        app.on_queued()
+    else:
+        bound.info("message_unanswered", reason=decision.reason)
+    return decision
+
+
+def queue_late_reply(app: App, message: Message, reply: Reply) -> bool:
+    """Queue an answer that arrived after the message was processed (``App.reply_later``)."""
+    if not reply.text.strip():
+        return False
+    checked = before_send(app, message, reply)
+    bound = log.bind(message_id=message.id, src=message.src, plugin=reply.plugin)
+    if isinstance(checked, Veto):
+        bound.info("reply_vetoed", reason=checked.reason)
+        app.store.note_reason(message.id, checked.reason)
+        return False
+    composed = compose(app, checked.text)
+    if not composed.parts:
+        return False
+    _warn_composition(bound, composed)
+    app.store.add_replies(message.id, outgoing(message, checked, composed))
+    bound.info("reply_queued", parts=len(composed.parts))
+    app.on_queued()
+    return True
+
+
+def _warn_composition(bound: structlog.typing.FilteringBoundLogger, composed: Composed) -> None:
+    if composed.truncated:
+        bound.warning(
+            "reply_truncated", parts=len(composed.parts), reason="longer than replies.max_parts SMS"
+        )
+    if composed.replaced:
+        bound.warning(
+            "characters_replaced",
+            count=composed.replaced,
+            reason="the gateway encoding cannot carry them",
+        )

@@ -1,0 +1,275 @@
+"""Finding, loading and isolating plugins.
+
+Plugins come from four places: built-ins (``plugins/`` in the source tree, installed as
+``responder_<name>`` modules), distributions with an entry point in the ``responder``
+group, dotted module names (``[plugins] modules``) and drop-in ``.py`` files
+(``[plugins] paths``). Each hook implementation is wrapped so that an exception is
+logged with the plugin's name and counts as returning None (pluggy would otherwise stop
+the remaining implementations), and so that ``RESPONDER_TRACE_HOOKS=1`` logs every call
+with its arguments and result.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pluggy
+import structlog
+
+from responder import hookspecs
+from responder.config import ConfigSection, Settings, Table, type_name
+
+PROJECT: Final = "responder"
+BUILTINS: Final = {
+    "keywords": "responder_keywords",
+    "optout": "responder_optout",
+    "guard": "responder_guard",
+    "webhook": "responder_webhook",
+}
+DEFAULT_ENABLED: Final = ("keywords", "optout", "guard", "webhook")
+LOAD_PLUGINS_ENV: Final = "RESPONDER_LOAD_PLUGINS"
+TRACE_ENV: Final = "RESPONDER_TRACE_HOOKS"
+
+log = structlog.get_logger("responder.plugins")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``responder plugins`` shows about one plugin."""
+
+    name: str
+    source: str
+    """"built-in", "entry point", "module" or "path"."""
+    origin: str
+    """The module, distribution or file it came from."""
+    hooks: tuple[str, ...]
+
+
+class HookCalls:
+    """Counts hook exceptions per plugin, and traces calls when asked to."""
+
+    def __init__(self, trace: bool = False) -> None:
+        self.failures: dict[str, int] = {}
+        self.trace = trace
+
+    def record_failure(self, plugin: str) -> None:
+        self.failures[plugin] = self.failures.get(plugin, 0) + 1
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:200]
+
+
+def _isolated(plugin: str, hook: str, function: Callable[..., Any], calls: HookCalls):
+    names = inspect.signature(function).parameters
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = function(*args, **kwargs)
+        except Exception:
+            calls.record_failure(plugin)
+            log.exception("plugin_failed", plugin=plugin, hook=hook)
+            return None
+        if calls.trace:
+            arguments = dict(zip(names, args, strict=False)) | kwargs
+            arguments.pop("app", None)
+            log.info(
+                "hook_call",
+                plugin=plugin,
+                hook=hook,
+                result=_short(result),
+                arguments={k: _short(v) for k, v in arguments.items()},
+            )
+        return result
+
+    return call
+
+
+def _is_plain_impl(function: Any) -> bool:
+    opts = getattr(function, f"{PROJECT}_impl", None)
+    return opts is not None and not (opts.get("wrapper") or opts.get("hookwrapper"))
+
+
+class PluginProxy:
+    """A stand-in for a plugin whose hook implementations cannot raise.
+
+    Compared by identity, unlike SimpleNamespace: two plugins with the same hooks differ.
+    """
+
+    def __init__(self, plugin: Any, hooks: dict[str, Callable[..., Any]]) -> None:
+        self.plugin = plugin
+        self.__dict__.update(hooks)
+
+
+def _proxy(name: str, plugin: Any, calls: HookCalls) -> PluginProxy:
+    attributes = {}
+    for attr in dir(plugin):
+        if not attr.startswith(f"{PROJECT}_"):
+            continue
+        try:
+            function = getattr(plugin, attr)
+        except Exception:  # a property that raises is not a hook
+            continue
+        if not inspect.isroutine(function) or getattr(function, f"{PROJECT}_impl", None) is None:
+            continue
+        attributes[attr] = (
+            _isolated(name, attr, function, calls) if _is_plain_impl(function) else function
+        )
+    return PluginProxy(plugin, attributes)
+
+
+class PluginHost:
+    """The plugin manager for one configuration: which plugins run and in what order."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        extra: Iterable[tuple[str, Any]] = (),
+        environ: Mapping[str, str] | None = None,
+        include_configured: bool = True,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: list[PluginInfo] = []
+        self.problems: list[str] = []
+        self.calls = HookCalls(trace=bool(environ.get(TRACE_ENV)))
+        allowed = environ.get(LOAD_PLUGINS_ENV)
+        self._allowed = None if allowed is None else {n.strip() for n in allowed.split(",") if n}
+        chosen = settings.plugins if settings is not None else None
+        enabled = chosen.enabled if chosen and chosen.enabled is not None else DEFAULT_ENABLED
+        disabled = set(chosen.disabled) if chosen else set()
+        for name in enabled:
+            if name not in BUILTINS:
+                self.problems.append(
+                    f"plugins.enabled: no built-in plugin {name!r} "
+                    f"(built-ins: {', '.join(BUILTINS)})"
+                )
+            elif name not in disabled:
+                self._load(name, "built-in", BUILTINS[name], lambda m=BUILTINS[name]: _import(m))
+        for entry in importlib.metadata.entry_points(group=PROJECT):
+            if entry.name not in disabled:
+                dist = entry.dist.name if entry.dist else entry.value
+                self._load(entry.name, "entry point", dist, entry.load)
+        if include_configured and chosen is not None:
+            for module in chosen.modules:
+                self._load(module, "module", module, lambda m=module: _import(m))
+            for path in chosen.paths:
+                for file in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+                    self._load(file.stem, "path", str(file), lambda f=file: _import_file(f))
+        for name, plugin in extra:
+            self._register(name, "test", name, plugin)
+
+    def _load(self, name: str, source: str, origin: str, loader: Callable[[], Any]) -> None:
+        if self._allowed is not None and name not in self._allowed:
+            return
+        try:
+            plugin = loader()
+        except Exception as err:
+            self.problems.append(f"plugin {name!r} ({source} {origin}) failed to load: {err!r}")
+            log.exception("plugin_load_failed", plugin=name, source=source, origin=origin)
+            return
+        self._register(name, source, origin, plugin)
+
+    def _register(self, name: str, source: str, origin: str, plugin: Any) -> None:
+        if self.pm.has_plugin(name):
+            self.problems.append(f"plugin {name!r} ({source} {origin}): that name is taken")
+            return
+        proxy = _proxy(name, plugin, self.calls)
+        try:
+            self.pm.register(proxy, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as err:
+            if self.pm.is_registered(proxy):
+                self.pm.unregister(proxy)
+            self.problems.append(f"plugin {name!r} ({source} {origin}) is invalid: {err}")
+            return
+        hooks = tuple(sorted(attr for attr in vars(proxy) if attr != "plugin"))
+        self.infos.append(PluginInfo(name=name, source=source, origin=origin, hooks=hooks))
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def names(self) -> list[str]:
+        return [info.name for info in self.infos]
+
+    def implementations(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+        """A hook's (plugin name, function) pairs in call order (as pluggy would call them)."""
+        caller = getattr(self.pm.hook, hook)
+        return [
+            (impl.plugin_name, impl.function)
+            for impl in reversed(caller.get_hookimpls())
+            if not (impl.wrapper or impl.hookwrapper)
+        ]
+
+    def parse_configs(self, settings: Settings) -> tuple[dict[str, Any], list[str]]:
+        """Parse every plugin's section; returns (configs by section name, problems)."""
+        problems: list[str] = []
+        configs: dict[str, Any] = {}
+        for plugin_name, function in self.implementations("responder_config_section"):
+            section = function()
+            if section is None:
+                continue
+            if not isinstance(section, ConfigSection):
+                problems.append(
+                    f"plugin {plugin_name!r}: responder_config_section must return "
+                    f"a ConfigSection, got {type_name(section)}"
+                )
+                continue
+            table = Table(
+                settings.sections.get(section.name, {}),
+                file=settings.source,
+                prefix=section.name,
+                problems=problems,
+            )
+            try:
+                configs[section.name] = section.parse(table)
+            except Exception as err:
+                log.exception("plugin_config_failed", plugin=plugin_name, section=section.name)
+                problems.append(
+                    f"{settings.source}: [{section.name}]: the plugin {plugin_name!r} "
+                    f"failed to read it: {err!r}"
+                )
+                continue
+            table.finish()
+        known_builtin_sections = set(BUILTINS)
+        for name in settings.sections:
+            if name not in configs and name not in known_builtin_sections:
+                problems.append(
+                    f"{settings.source}: [{name}]: unknown section: no loaded plugin reads it "
+                    f"(plugins: {', '.join(self.names()) or 'none'})"
+                )
+        return configs, problems
+
+
+def _import(module: str) -> types.ModuleType:
+    return importlib.import_module(module)
+
+
+def _import_file(path: Path) -> types.ModuleType:
+    name = f"responder_dropin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -1,0 +1,124 @@
+"""The gateway's wire format: ``key=value&key=value`` lines in GBK (or another encoding).
+
+Shared by the gateway client and the embedded simulator so both read and write the
+contract in ../shared/gateway-protocol.md the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from urllib.parse import parse_qsl, urlencode
+
+from responder.models import PLATFORM_TZ, InboundSms, SendResult
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+NOTHING_UNREAD = "没有未读取的短信"
+
+
+class MalformedBody(ValueError):
+    """The body is not a ``key=value&...`` line."""
+
+
+def parse_body(body: str) -> dict[str, str]:
+    """Parse a response line into its fields.
+
+    Tolerates a trailing newline or spaces, keys in any order, empty values and unknown
+    keys. Values are taken raw (not percent-decoded), as live servers send them; a value
+    may itself contain ``=``. Raises MalformedBody when the text is not such a line.
+    """
+    line = body.strip().lstrip("\ufeff")
+    if not line or "\n" in line:
+        raise MalformedBody("not a key=value line")
+    fields: dict[str, str] = {}
+    last_key = None
+    for segment in line.split("&"):
+        key, sep, value = segment.partition("=")
+        if sep and _KEY.match(key.strip()):
+            last_key = key.strip()
+            fields[last_key] = value.strip()
+        elif last_key is not None:
+            # A raw "&" inside a value (a customer typed "A&B"): glue it back.
+            fields[last_key] += "&" + segment
+        else:
+            raise MalformedBody(f"not a key=value pair: {segment[:40]!r}")
+    if not fields:
+        raise MalformedBody("no fields")
+    return fields
+
+
+def format_body(fields: Mapping[str, object]) -> str:
+    """Write fields the way the platform does: raw values joined by ``&``."""
+    return "&".join(f"{key}={'' if value is None else value}" for key, value in fields.items())
+
+
+def split_numbers(value: str) -> tuple[str, ...]:
+    """Numbers from a comma-separated list, without empty entries (live servers add a comma)."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def parse_platform_time(value: str) -> datetime | None:
+    """``YYYYMMDDHHMM`` (seconds accepted too) in platform time, or None when unusable."""
+    value = value.strip()
+    for fmt in ("%Y%m%d%H%M", "%Y%m%d%H%M%S"):
+        try:
+            return datetime.strptime(value, fmt).replace(tzinfo=PLATFORM_TZ)
+        except ValueError:
+            continue
+    return None
+
+
+def format_platform_time(moment: datetime) -> str:
+    return moment.astimezone(PLATFORM_TZ).strftime("%Y%m%d%H%M")
+
+
+def parse_send_result(fields: Mapping[str, str], raw: str) -> SendResult:
+    """Build a SendResult; a missing or unusable ``num`` counts as 0 (failed)."""
+    return SendResult(
+        num=max(parse_int(fields.get("num")) or 0, 0),
+        accepted=split_numbers(fields.get("success", "")),
+        refused=split_numbers(fields.get("faile", "")),
+        errid=parse_int(fields.get("errid")),
+        err=fields.get("err", ""),
+        raw=raw,
+    )
+
+
+def parse_read_result(fields: Mapping[str, str], raw: str) -> InboundSms | None:
+    """Build an InboundSms, or None for "nothing unread" (``id=0``).
+
+    Raises MalformedBody when ``id`` is missing or not a number.
+    """
+    gateway_id = parse_int(fields.get("id"))
+    if gateway_id is None:
+        raise MalformedBody("readsms answer without a numeric id")
+    if gateway_id <= 0:
+        return None
+    return InboundSms(
+        gateway_id=gateway_id,
+        src=fields.get("src", "").strip(),
+        dst=fields.get("dst", "").strip(),
+        text=fields.get("msg", ""),
+        received_at=parse_platform_time(fields.get("time", "")),
+        raw=raw,
+    )
+
+
+def encode_form(params: Mapping[str, str], encoding: str) -> str:
+    """Percent-encode parameters in the gateway's encoding, as clients in the wild do."""
+    return urlencode(params, encoding=encoding, errors="strict")
+
+
+def decode_form(query: str, encoding: str) -> dict[str, str]:
+    """The inverse of encode_form, used by the simulator; undecodable bytes become U+FFFD."""
+    return dict(parse_qsl(query, keep_blank_values=True, encoding=encoding, errors="replace"))
