@@ -344,6 +344,12 @@ def _gateway(table: Table, environ: Mapping[str, str]) -> GatewaySettings:
     except LookupError:
         table.error("encoding", f'must be a known text encoding such as "gbk", got {encoding!r}')
         encoding = "gbk"
+    for key, value in (("name", name), ("password", password)):
+        try:
+            value.encode(encoding)
+        except UnicodeEncodeError:
+            where = key if key == "name" or "password" in table.data else "password_file"
+            table.error(where, f"has characters the gateway encoding {encoding!r} cannot carry")
     local = bool(base_urls) and all(is_loopback_url(url) for url in base_urls)
     poll_interval = table.get_float("poll_interval", 6.0, min=0, unit="seconds")
     if poll_interval < MIN_POLL_INTERVAL and not local:

@@ -208,10 +208,14 @@ class PluginHost:
         return [info.name for info in self.infos]
 
     def implementations(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
-        """A hook's (plugin name, function) pairs in call order (as pluggy would call them)."""
+        """A hook's (plugin name, caller) pairs in pluggy's call order.
+
+        Each caller takes the hook's arguments by keyword and passes on only those the
+        implementation asked for, as pluggy does.
+        """
         caller = getattr(self.pm.hook, hook)
         return [
-            (impl.plugin_name, impl.function)
+            (impl.plugin_name, _caller(impl))
             for impl in reversed(caller.get_hookimpls())
             if not (impl.wrapper or impl.hookwrapper)
         ]
@@ -254,6 +258,13 @@ class PluginHost:
                     f"(plugins: {', '.join(self.names()) or 'none'})"
                 )
         return configs, problems
+
+
+def _caller(impl: pluggy.HookImpl) -> Callable[..., Any]:
+    def call(**kwargs: Any) -> Any:
+        return impl.function(*[kwargs[name] for name in impl.argnames])
+
+    return call
 
 
 def _import(module: str) -> types.ModuleType:

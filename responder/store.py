@@ -120,6 +120,8 @@ class StoreStatus:
     last_read_at: float | None
     last_message_at: float | None
     last_sent_at: float | None
+    last_read_ok_at: float | None = None
+    """When a read last got an answer; ``last_read_at`` counts failed attempts too."""
 
 
 def _message(row: sqlite3.Row) -> Message:
@@ -263,6 +265,14 @@ class Store:
 
     def set_last_read_at(self, moment: float) -> None:
         self.set_meta("last_read_at", repr(moment))
+
+    def last_read_ok_at(self) -> float | None:
+        """When a read last got an answer (a message or "nothing unread")."""
+        value = self.get_meta("last_read_ok_at")
+        return float(value) if value else None
+
+    def set_last_read_ok_at(self, moment: float) -> None:
+        self.set_meta("last_read_ok_at", repr(moment))
 
     # -- messages --------------------------------------------------------------------
 
@@ -487,4 +497,5 @@ class Store:
             last_read_at=self.last_read_at(),
             last_message_at=last_message,
             last_sent_at=last_sent,
+            last_read_ok_at=self.last_read_ok_at(),
         )

@@ -264,12 +264,14 @@ def split_parts(
     as suffix stays at the very end of each part. A text that fits in one part is
     returned as that one part.
 
-    Parts end at cluster boundaries (never inside a surrogate pair, before a combining
-    mark or variation selector, or next to a ZWJ), preferably right after whitespace or
+    Parts end at cluster boundaries (never inside a surrogate pair or after a lone high
+    surrogate, before a combining mark or variation selector, or next to a ZWJ); only a
+    cluster longer than a whole part is cut. Parts end preferably right after whitespace or
     punctuation when one is within the last 15 characters. Nothing is dropped: removing
     prefix, marker and suffix from the parts and joining the bodies gives ``text`` back.
 
-    Raises ValueError when ``prefix``, ``suffix`` and a marker leave no room for text.
+    Raises ValueError when ``prefix``, ``suffix`` and a marker leave no room for text,
+    or, for a very long text, when the wider markers it needs leave none.
     """
     fixed = len(prefix) + len(suffix)
     if fixed + _NARROWEST_MARKER >= limit:

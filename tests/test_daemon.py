@@ -1,0 +1,163 @@
+"""The daemon as a real subprocess: replies, crashes, restarts, signals, the read interval."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+
+import pytest
+
+from responder.sandbox import Sandbox
+from tests.conftest import PASSWORD, config_dict, wait_for, write_config
+
+RULES = {"rules": [{"keywords": ["CX", "查询"], "reply": "您好，已受理"}]}
+
+
+def replies_to(sandbox: Sandbox, number: str) -> list[str]:
+    return [s.text for s in sandbox.sent() if number in s.numbers]
+
+
+def message_states(db) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"))
+
+
+@pytest.fixture
+def config(sandbox, tmp_path):
+    return write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path, keywords=RULES))
+
+
+def test_an_injected_message_gets_its_reply_gbk_intact(sandbox, config, tmp_path, daemons):
+    daemon = daemons(config, tmp_path / "daemon.log")
+    sandbox.inject("13800138000", "查询")
+    wait_for(lambda: replies_to(sandbox, "13800138000"))
+    assert replies_to(sandbox, "13800138000") == ["您好，已受理"]
+    assert sandbox.sent()[0].raw_msg == "您好，已受理".encode("gbk")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_sigterm_stops_cleanly_within_ten_seconds(sandbox, config, tmp_path, daemons):
+    daemon = daemons(config, tmp_path / "daemon.log")
+    daemon.wait_for_log("daemon_started")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=10) == 0
+    assert "daemon_stopped" in daemon.log()
+
+
+def test_sigterm_during_a_hung_send_still_exits_within_ten_seconds(
+    sandbox, config, tmp_path, daemons
+):
+    sandbox.set_fault("hang", endpoint="send", delay=60)
+    daemon = daemons(config, tmp_path / "daemon.log")
+    sandbox.inject("13800138000", "CX")
+    wait_for(lambda: sandbox.stats().sends >= 1)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=10) == 0
+
+
+def test_kill9_during_a_hung_send_then_restart_sends_exactly_once(
+    sandbox, config, tmp_path, daemons
+):
+    sandbox.set_fault("hang", endpoint="send", count=1, delay=30)
+    first = daemons(config, tmp_path / "first.log")
+    sandbox.inject("13800138000", "CX")
+    wait_for(lambda: sandbox.stats().sends >= 1)
+    first.kill9()
+    second = daemons(config, tmp_path / "second.log")
+    wait_for(lambda: replies_to(sandbox, "13800138000"))
+    wait_for(lambda: message_states(tmp_path / "responder.db") == {"replied": 1})
+    assert replies_to(sandbox, "13800138000") == ["您好，已受理"]
+    assert "send_outcome_unknown" in second.log()
+    second.signal(signal.SIGTERM)
+    second.wait()
+
+
+def test_the_read_interval_holds_across_restarts(tmp_path, daemons):
+    with Sandbox(name="acct", password=PASSWORD, min_read_interval=1.0) as sandbox:
+        data = config_dict(sandbox, tmp_path, keywords=RULES)
+        data["gateway"]["poll_interval"] = 1.0
+        config = write_config(tmp_path / "config.toml", data)
+        for round_number in range(3):
+            daemon = daemons(config, tmp_path / f"run{round_number}.log")
+            reads_before = sandbox.stats().reads
+            wait_for(lambda before=reads_before: sandbox.stats().reads > before)
+            if round_number % 2:
+                daemon.signal(signal.SIGTERM)
+                daemon.wait()
+            else:
+                daemon.kill9()
+        daemon = daemons(config, tmp_path / "last.log")
+        sandbox.inject("13800138000", "CX")
+        wait_for(lambda: replies_to(sandbox, "13800138000"))
+        daemon.signal(signal.SIGTERM)
+        daemon.wait()
+        assert sandbox.stats().too_fast_reads == 0
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_running(sandbox, config, tmp_path, daemons):
+    daemon = daemons(config, tmp_path / "daemon.log")
+    daemon.wait_for_log("daemon_started")
+    good = config.read_text(encoding="utf-8")
+    config.write_text(good + "\nbroken = [\n", encoding="utf-8")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("reload_rejected")
+    sandbox.inject("13800138000", "CX")
+    wait_for(lambda: replies_to(sandbox, "13800138000"))
+    assert replies_to(sandbox, "13800138000") == ["您好，已受理"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_sighup_with_a_good_config_applies_it(sandbox, config, tmp_path, daemons):
+    daemon = daemons(config, tmp_path / "daemon.log")
+    daemon.wait_for_log("daemon_started")
+    config.write_text(config.read_text(encoding="utf-8").replace("您好，已受理", "新的回复"))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log('"event": "reloaded"')
+    sandbox.inject("13800138000", "CX")
+    wait_for(lambda: replies_to(sandbox, "13800138000"))
+    assert replies_to(sandbox, "13800138000") == ["新的回复"]
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()
+
+
+def test_a_login_failure_stops_polling_with_one_clear_error(sandbox, tmp_path, daemons):
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    data["gateway"]["password"] = "wrong"
+    daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
+    daemon.wait_for_log("login_refused")
+    reads = sandbox.stats().reads
+    with pytest.raises(AssertionError):
+        wait_for(lambda: sandbox.stats().reads > reads, timeout=1.0)
+    assert daemon.log().count("login_refused") == 1
+    assert PASSWORD not in daemon.log()
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()
+
+
+def test_gateway_errors_back_off_and_recover(sandbox, config, tmp_path, daemons):
+    sandbox.set_fault("status500", endpoint="read", count=2)
+    daemon = daemons(config, tmp_path / "daemon.log")
+    sandbox.inject("13800138000", "CX")
+    wait_for(lambda: replies_to(sandbox, "13800138000"))
+    assert daemon.log().count('"read_failed"') == 2
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()
+
+
+def test_an_unwritable_store_is_one_clear_fatal_error(sandbox, tmp_path, daemons):
+    data = config_dict(sandbox, tmp_path)
+    data["store"]["path"] = str(tmp_path / "missing-folder" / "responder.db")
+    daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
+    assert daemon.wait() == 1
+    assert "missing-folder" in daemon.log()
+    assert "Traceback" not in daemon.log()
+
+
+def test_a_broken_config_exits_2_naming_the_key(sandbox, tmp_path, daemons):
+    data = config_dict(sandbox, tmp_path)
+    data["gateway"]["method"] = "put"
+    daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
+    assert daemon.wait() == 2
+    assert "gateway.method: must be one of" in daemon.log()
