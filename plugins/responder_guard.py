@@ -1,1 +1,177 @@
-"""Built-in plugin guard: arrives with its own issue."""
+"""Loop and abuse guard: who gets automatic replies at all, and how many.
+
+The filter drops messages from numbers that must never be answered automatically (no
+sender, the account's own numbers, the ignore list, anything that is not a mobile
+number). The before-send hook limits replies to a sender (per number per window) and
+stops a ping-pong with another auto-responder (the same text again and again). Every drop
+is logged and counted in ``responder status``; the store reads it back from the
+messages' reasons, so nothing here writes to the store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from responder_keywords import normalise
+from responder_optout import canonical_number
+
+from responder import hookimpl
+from responder.config import ConfigSection, Table
+from responder.models import Message, Reply, StatusSection, Veto
+
+PLUGIN: Final = "guard"
+DEFAULT_MOBILE: Final = r"1[3-9]\d{9}"
+"""A mainland China mobile number (after a +86 prefix is removed)."""
+_LATE_REPLY_SLACK: Final = 86400.0
+"""How long before a window a message may have been received and still be answered in it."""
+
+# Reasons, stored as "guard: <reason>": ``responder status`` groups by them.
+NO_SENDER: Final = "no sender number"
+OWN_NUMBER: Final = "own number"
+IGNORED: Final = "on the ignore list"
+NOT_MOBILE: Final = "not a mobile number"
+PING_PONG: Final = "ping-pong"
+RATE_LIMIT: Final = "rate limit"
+REASONS: Final = (NO_SENDER, OWN_NUMBER, IGNORED, NOT_MOBILE, PING_PONG, RATE_LIMIT)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    max_replies: int = 5
+    """Replies per sender per ``window``; 0 = no limit."""
+    window: float = 600.0
+    ignore: tuple[str, ...] = ()
+    """Canonical numbers; an entry ending in "*" is a prefix."""
+    own_numbers: tuple[str, ...] = ()
+    mobile_only: bool = True
+    mobile_pattern: re.Pattern[str] = re.compile(DEFAULT_MOBILE)
+    pingpong_repeats: int = 3
+    """The same text this many times (this message included) within ``pingpong_window``
+    stops the replies; 0 = off."""
+    pingpong_window: float = 600.0
+
+
+def _numbers(table: Table, key: str, *, wildcard: bool) -> tuple[str, ...]:
+    numbers = []
+    for entry in table.get_str_list(key, []):
+        star = wildcard and entry.endswith("*")
+        digits = entry[:-1] if star else entry
+        compact = "".join(digits.split()).replace("-", "").removeprefix("+")
+        if not compact.isdigit():
+            hint = ' (a trailing "*" matches every number starting with the digits)'
+            table.error(key, f"must be phone numbers{hint * wildcard}, got {entry!r}")
+            continue
+        numbers.append((compact if star else canonical_number(compact)) + "*" * star)
+    return tuple(numbers)
+
+
+def parse(table: Table) -> GuardSettings:
+    pattern_text = table.get_str("mobile_pattern", DEFAULT_MOBILE)
+    try:
+        pattern = re.compile(pattern_text)
+    except re.error as err:
+        table.error("mobile_pattern", f"must be a regular expression: {err}")
+        pattern = re.compile(DEFAULT_MOBILE)
+    return GuardSettings(
+        max_replies=table.get_int("max_replies", 5, min=0),
+        window=table.get_float("window", 600.0, min=1, unit="seconds"),
+        ignore=_numbers(table, "ignore", wildcard=True),
+        own_numbers=_numbers(table, "own_numbers", wildcard=False),
+        mobile_only=table.get_bool("mobile_only", True),
+        mobile_pattern=pattern,
+        pingpong_repeats=table.get_int("pingpong_repeats", 3, min=0),
+        pingpong_window=table.get_float("pingpong_window", 600.0, min=1, unit="seconds"),
+    )
+
+
+def drop_reason(settings: GuardSettings, message: Message) -> str | None:
+    """Why a message must get no automatic reply at all, or None."""
+    number = canonical_number(message.src)
+    if not number:
+        return NO_SENDER
+    if number in settings.own_numbers or number == canonical_number(message.dst):
+        return OWN_NUMBER
+    for entry in settings.ignore:
+        if number == entry or (entry.endswith("*") and number.startswith(entry[:-1])):
+            return IGNORED
+    if settings.mobile_only and not settings.mobile_pattern.fullmatch(number):
+        return NOT_MOBILE
+    return None
+
+
+def replies_to(app: Any, number: str, since: float) -> int:
+    """Messages from ``number`` answered to it between ``since`` and now."""
+    now = app.time()
+    rows = app.store.query(
+        "SELECT COUNT(DISTINCT o.message_id) FROM messages m JOIN outbox o ON o.message_id = m.id"
+        " WHERE m.src = ? AND m.journaled_at >= ? AND o.recipients = ?"
+        " AND o.created_at >= ? AND o.created_at <= ?",
+        (number, since - _LATE_REPLY_SLACK, number, since, now),
+    )
+    return rows[0][0]
+
+
+def repeats(app: Any, message: Message, since: float) -> int:
+    """How often the sender sent this (normalised) text since ``since``, this one included."""
+    rows = app.store.query(
+        "SELECT text FROM messages"
+        " WHERE src = ? AND journaled_at >= ? AND journaled_at <= ? AND id != ?",
+        (message.src, since, app.time(), message.id),
+    )
+    text = normalise(message.text)
+    return 1 + sum(1 for row in rows if normalise(row[0]) == text)
+
+
+@hookimpl(trylast=True)
+def responder_config_section() -> ConfigSection:
+    return ConfigSection(PLUGIN, parse)
+
+
+@hookimpl(trylast=True)
+def responder_filter(app: Any, message: Message) -> str | None:
+    reason = drop_reason(app.plugin_config(PLUGIN), message)
+    if reason is not None:
+        app.log.info("guard_dropped", message_id=message.id, src=message.src, reason=reason)
+    return reason
+
+
+@hookimpl(trylast=True)
+def responder_before_send(app: Any, message: Message, reply: Reply) -> Veto | None:
+    settings: GuardSettings = app.plugin_config(PLUGIN)
+    if message.src not in (reply.to or (message.src,)):
+        return None  # the limits are about answering the sender, not relaying elsewhere
+    now = app.time()
+    reason = None
+    if settings.pingpong_repeats:
+        count = repeats(app, message, now - settings.pingpong_window)
+        if count >= settings.pingpong_repeats:
+            reason = PING_PONG
+            detail = f"the same text {count} times in {settings.pingpong_window:g} s"
+    if reason is None and settings.max_replies:
+        count = replies_to(app, message.src, now - settings.window)
+        if count >= settings.max_replies:
+            reason = RATE_LIMIT
+            detail = f"{count} replies to this number in the last {settings.window:g} s"
+    if reason is None:
+        return None
+    app.log.info(
+        "guard_vetoed", message_id=message.id, src=message.src, reason=reason, detail=detail
+    )
+    return Veto(reason)
+
+
+@hookimpl(trylast=True)
+def responder_status(app: Any) -> StatusSection:
+    counts = dict.fromkeys(REASONS, 0)
+    rows = app.store.query(
+        "SELECT reason, COUNT(*) FROM messages WHERE reason LIKE ? GROUP BY reason",
+        (f"{PLUGIN}: %",),
+    )
+    for reason, count in rows:
+        kind = reason.removeprefix(f"{PLUGIN}: ")
+        if kind in counts:
+            counts[kind] += count
+    figures = tuple((f"dropped: {kind}", count) for kind, count in counts.items())
+    return StatusSection(title=PLUGIN, figures=(*figures, ("dropped: total", sum(counts.values()))))

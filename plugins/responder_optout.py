@@ -1,1 +1,312 @@
-"""Built-in plugin optout: arrives with its own issue."""
+"""Opt-out (退订): unsubscribe words put a number on a suppression list kept in the store.
+
+A number on the list gets no automatic reply from any plugin: the before-send hook vetoes
+every reply to it, except this plugin's own confirmation. Observers still see its
+messages; ``is_opted_out(app, number)`` tells them (a relay marks them). Resubscribe
+words take a number off the list. ``responder optout list|add|remove`` edits it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sqlite3
+import sys
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from responder_keywords import is_separator, normalise
+
+from responder import hookimpl
+from responder.config import ConfigSection, Table
+from responder.models import PLATFORM_TZ, Message, Reply, StatusSection, Veto
+
+PLUGIN: Final = "optout"
+DEFAULT_WORDS: Final = ("TD", "T", "N", "R", "退订", "取消", "拒收", "STOP", "UNSUBSCRIBE")
+DEFAULT_RESUBSCRIBE: Final = ("订阅", "START")
+DEFAULT_CONFIRMATION: Final = "您已退订成功，将不再收到本号码的自动回复。回复“订阅”可恢复。"
+DEFAULT_RESUBSCRIBED: Final = "您已恢复订阅，可以继续使用本号码的自动回复服务。"
+MARK: Final = ("optout", "confirmation")
+"""The Reply.meta pair that lets this plugin's own confirmations through its veto."""
+VETO_REASON: Final = "opted out"
+_SCHEMA: Final = (
+    "CREATE TABLE optout_numbers ("
+    " number TEXT PRIMARY KEY,"
+    " opted_out_at REAL NOT NULL,"
+    " message_id INTEGER,"
+    " source TEXT NOT NULL,"
+    " text TEXT NOT NULL DEFAULT '')",
+)
+
+
+@dataclass(frozen=True)
+class OptoutSettings:
+    words: tuple[str, ...]
+    """Unsubscribe words, normalised."""
+    resubscribe_words: tuple[str, ...]
+    confirmation: str
+    """Sent once when a number opts out; empty = none."""
+    resubscribed: str
+
+
+def canonical_number(number: str) -> str:
+    """A phone number as the list keys it: digits only, without a +86 / 0086 / 86 prefix."""
+    digits = "".join(char for char in number if char.isdigit())
+    for prefix in ("0086", "86"):
+        if digits.startswith(prefix) and len(digits) == len(prefix) + 11 and digits[-11] == "1":
+            return digits[len(prefix) :]
+    return digits
+
+
+def starts_with_word(key: str, words: tuple[str, ...]) -> str | None:
+    """The word a normalised text is, or starts with before punctuation or a space."""
+    for word in words:
+        if key == word or (key.startswith(word) and is_separator(key[len(word)])):
+            return word
+    return None
+
+
+def _words(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    words = []
+    for word in table.get_str_list(key, list(default)):
+        normal = normalise(word)
+        if not normal:
+            table.error(key, f"must not contain an empty word, got {word!r}")
+        elif normal not in words:
+            words.append(normal)
+    # Longest first, so that "STOP ALL" is tried before "STOP".
+    return tuple(sorted(words, key=len, reverse=True))
+
+
+def parse(table: Table) -> OptoutSettings:
+    words = _words(table, "words", DEFAULT_WORDS)
+    resubscribe = _words(table, "resubscribe_words", DEFAULT_RESUBSCRIBE)
+    for word in sorted(set(words) & set(resubscribe)):
+        table.error("resubscribe_words", f"{word!r} is also an unsubscribe word (optout.words)")
+    return OptoutSettings(
+        words=words,
+        resubscribe_words=resubscribe,
+        confirmation=table.get_str("confirmation", DEFAULT_CONFIRMATION),
+        resubscribed=table.get_str("resubscribe_confirmation", DEFAULT_RESUBSCRIBED),
+    )
+
+
+# -- the list ------------------------------------------------------------------------------
+
+_migrated: weakref.WeakSet[Any] = weakref.WeakSet()
+_simulated: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+"""Opt-outs (True) and resubscriptions (False) seen under dry_run, per App, so that a
+simulated conversation remembers them while the store stays untouched."""
+
+
+def _ready(app: Any) -> None:
+    if app.store not in _migrated:
+        app.store.migrate(PLUGIN, _SCHEMA)
+        _migrated.add(app.store)
+
+
+def _entry(app: Any, number: str) -> sqlite3.Row | None:
+    """The list's row for a number; under dry_run only one made before the app's now."""
+    if not app.dry_run:
+        _ready(app)
+        rows = app.store.query("SELECT * FROM optout_numbers WHERE number = ?", (number,))
+        return rows[0] if rows else None
+    try:
+        rows = app.store.query(
+            "SELECT * FROM optout_numbers WHERE number = ? AND opted_out_at <= ?",
+            (number, app.time()),
+        )
+    except sqlite3.OperationalError:  # dry run on a store the daemon never prepared
+        return None
+    return rows[0] if rows else None
+
+
+def is_opted_out(app: Any, number: str) -> bool:
+    """Whether ``number`` is on the suppression list (public: relays mark such messages).
+
+    Under ``app.dry_run`` (simulate, replay) it answers as of ``app.time()`` and counts
+    the opt-outs the simulation itself has seen.
+    """
+    number = canonical_number(number)
+    if not number:
+        return False
+    simulated = _simulated.get(app, {}).get(number) if app.dry_run else None
+    if simulated is not None:
+        return simulated
+    return _entry(app, number) is not None
+
+
+def add_number(app: Any, number: str, *, message_id: int | None, source: str, text: str) -> bool:
+    """Put a number on the list; False when it was on it already."""
+    _ready(app)
+    with app.store.transaction() as tx:
+        cursor = tx.execute(
+            "INSERT INTO optout_numbers (number, opted_out_at, message_id, source, text)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (number) DO NOTHING",
+            (canonical_number(number), app.time(), message_id, source, text),
+        )
+        return cursor.rowcount > 0
+
+
+def remove_number(app: Any, number: str) -> bool:
+    """Take a number off the list; False when it was not on it."""
+    _ready(app)
+    with app.store.transaction() as tx:
+        cursor = tx.execute(
+            "DELETE FROM optout_numbers WHERE number = ?", (canonical_number(number),)
+        )
+        return cursor.rowcount > 0
+
+
+# -- hooks ---------------------------------------------------------------------------------
+
+
+def classify(settings: OptoutSettings, text: str) -> tuple[str, str] | None:
+    """("unsubscribe" or "resubscribe", the word) when the text is such a word, else None."""
+    key = normalise(text)
+    word = starts_with_word(key, settings.words)
+    if word is not None:
+        return "unsubscribe", word
+    word = starts_with_word(key, settings.resubscribe_words)
+    if word is not None:
+        return "resubscribe", word
+    return None
+
+
+@hookimpl(trylast=True)
+def responder_config_section() -> ConfigSection:
+    return ConfigSection(PLUGIN, parse)
+
+
+@hookimpl(trylast=True)
+def responder_startup(app: Any) -> None:
+    if not app.dry_run:
+        _ready(app)
+
+
+# tryfirst: an unsubscribe word is answered by the confirmation, not by a keyword rule or a
+# user's catch-all plugin. A user plugin can still take over with its own tryfirst
+# implementation (user plugins are registered later, so theirs is called first).
+@hookimpl(tryfirst=True)
+def responder_reply(app: Any, message: Message) -> Reply | None:
+    settings: OptoutSettings = app.plugin_config(PLUGIN)
+    found = classify(settings, message.text)
+    number = canonical_number(message.src)
+    if found is None or not number:
+        return None
+    kind, word = found
+    meta = (MARK, ("normalised", normalise(message.text)), ("rule", f"optout {kind}"))
+    if kind == "unsubscribe":
+        simulated = _simulated.get(app, {}).get(number) if app.dry_run else None
+        entry = _entry(app, number)
+        earlier = entry is not None and entry["message_id"] != message.id
+        if simulated is not None:
+            earlier = simulated
+        if earlier:
+            why = f'"{word}" from a number already opted out: no second confirmation'
+            return Reply(text="", meta=(*meta, ("why", why)))
+        if app.dry_run:
+            _simulated.setdefault(app, {})[number] = True
+        why = f'"{word}" is an unsubscribe word: the number is put on the opt-out list'
+        return Reply(text=settings.confirmation, meta=(*meta, ("why", why)))
+    if not is_opted_out(app, number):
+        return None  # not opted out: the word may be an ordinary keyword
+    if app.dry_run:
+        _simulated.setdefault(app, {})[number] = False
+    why = f'"{word}" is a resubscribe word: the number is taken off the opt-out list'
+    return Reply(text=settings.resubscribed, meta=(*meta, ("why", why)))
+
+
+@hookimpl(trylast=True)
+def responder_observe(app: Any, message: Message) -> None:
+    """Record opt-outs for every message, answered or dropped (idempotent per message)."""
+    settings: OptoutSettings = app.plugin_config(PLUGIN)
+    found = classify(settings, message.text)
+    if app.dry_run or found is None or not canonical_number(message.src):
+        return
+    if found[0] == "unsubscribe":
+        if add_number(app, message.src, message_id=message.id, source="sms", text=message.text):
+            app.log.info("opted_out", src=message.src, message_id=message.id, word=found[1])
+    elif remove_number(app, message.src):
+        app.log.info("resubscribed", src=message.src, message_id=message.id, word=found[1])
+
+
+@hookimpl(trylast=True)
+def responder_before_send(app: Any, message: Message, reply: Reply) -> Reply | Veto | None:
+    recipients = reply.to or (message.src,)
+    if reply.plugin == PLUGIN and MARK in reply.meta and recipients == (message.src,):
+        return None
+    suppressed = [number for number in recipients if is_opted_out(app, number)]
+    if not suppressed:
+        return None
+    if len(suppressed) == len(recipients):
+        return Veto(VETO_REASON)
+    return dataclasses.replace(
+        reply, to=tuple(number for number in recipients if number not in suppressed)
+    )
+
+
+@hookimpl(trylast=True)
+def responder_status(app: Any) -> StatusSection | None:
+    try:
+        numbers = app.store.query("SELECT COUNT(*) FROM optout_numbers")[0][0]
+    except sqlite3.OperationalError:
+        numbers = 0
+    suppressed = app.store.query(
+        "SELECT COUNT(*) FROM messages WHERE reason = ?", (f"{PLUGIN}: {VETO_REASON}",)
+    )[0][0]
+    return StatusSection(
+        title=PLUGIN,
+        figures=(("opted-out numbers", numbers), ("replies suppressed", suppressed)),
+    )
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def _setup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "add", "remove"))
+    parser.add_argument("number", nargs="?", help="the phone number (add, remove)")
+
+
+def _number_argument(text: str | None) -> str | None:
+    compact = "".join((text or "").split()).replace("-", "").removeprefix("+")
+    if not compact.isdigit() or not 5 <= len(compact) <= 20:
+        return None
+    return canonical_number(compact)
+
+
+def _run(app: Any, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        _ready(app)
+        rows = app.store.query("SELECT * FROM optout_numbers ORDER BY opted_out_at, number")
+        for row in rows:
+            when = datetime.fromtimestamp(row["opted_out_at"], PLATFORM_TZ)
+            how = "added by hand" if row["source"] == "manual" else f"sms {row['text']!r}"
+            print(f"{row['number']}  {when:%Y-%m-%d %H:%M}  {how}")
+        if not rows:
+            print("no numbers on the opt-out list")
+        return 0
+    number = _number_argument(args.number)
+    if number is None:
+        print(f"optout {args.action}: give a phone number, got {args.number!r}", file=sys.stderr)
+        return 2
+    if args.action == "add":
+        added = add_number(app, number, message_id=None, source="manual", text="")
+        print(f"{number} {'added to' if added else 'already on'} the opt-out list")
+        return 0
+    removed = remove_number(app, number)
+    print(f"{number} {'removed from' if removed else 'was not on'} the opt-out list")
+    return 0 if removed else 1
+
+
+@hookimpl(trylast=True)
+def responder_register_commands(commands: Any) -> None:
+    commands.add(
+        "optout",
+        help="list the opt-out (退订) list, or add or remove a number by hand",
+        setup=_setup,
+        run=_run,
+    )

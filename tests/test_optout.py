@@ -1,0 +1,274 @@
+"""Opt-out (退订): recognising the words, the suppression list, the veto, the command."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import responder_optout as optout
+
+from responder import hookimpl
+from responder.cli import main
+from responder.config import ConfigError, Table
+from responder.models import InboundSms, Message, Reply
+from responder.pipeline import decide, process
+from tests.conftest import config_dict, write_config
+
+RULES = {"rules": [{"keywords": ["CX", "查询"], "reply": "已受理"}]}
+CONFIRMATION = optout.DEFAULT_CONFIRMATION
+CUSTOMER = "13800138000"
+_ids = itertools.count(1)
+
+
+def journal(app, text: str, src: str = CUSTOMER, dst: str = "0888008") -> Message:
+    sms = InboundSms(gateway_id=next(_ids), src=src, dst=dst, text=text, received_at=None, raw=text)
+    message = app.store.journal(sms)
+    assert message is not None
+    return message
+
+
+def sent(app, text: str, src: str = CUSTOMER) -> tuple[str, ...]:
+    """Process a message; the SMS parts queued for it."""
+    decision = process(app, journal(app, text, src))
+    return decision.composed.parts if decision.composed else ()
+
+
+@pytest.fixture
+def app(sandbox, tmp_path, make_app, clock):
+    return make_app(config_dict(sandbox, tmp_path, keywords=RULES), clock=clock)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "TD",
+        "td",
+        "ＴＤ",
+        "T",
+        "n",
+        "R",
+        "退订",
+        " 退订 ",
+        "退订。",
+        "退订，谢谢",
+        "取消",
+        "拒收",
+        "STOP",
+        "Stop. Thank you",
+        "stop!",
+        "unsubscribe",
+        "TD 谢谢",
+    ],
+)
+def test_unsubscribe_words_are_recognised(text):
+    settings = optout.parse(_table({}))
+    assert optout.classify(settings, text) is not None
+    assert optout.classify(settings, text)[0] == "unsubscribe"
+
+
+@pytest.mark.parametrize(
+    "text", ["TDXX", "TD123", "取消订单", "Stopwatch", "Nice", "CX", "退", "我想退订"]
+)
+def test_other_texts_are_not_unsubscribe_words(text):
+    assert optout.classify(optout.parse(_table({})), text) is None
+
+
+def _table(data: dict[str, Any]) -> Table:
+    return Table(data, file="config.toml", prefix="optout", problems=[])
+
+
+def test_an_opt_out_is_confirmed_once_and_suppresses_later_replies(app):
+    assert sent(app, "TD") == (CONFIRMATION,)
+    assert optout.is_opted_out(app, CUSTOMER)
+    decision = process(app, journal(app, "CX"))
+    assert decision.final is None and decision.vetoed == "optout: opted out"
+    assert app.store.message_state(decision.message.id) == ("ignored", "optout: opted out")
+    assert sent(app, "退订") == ()
+
+
+def test_the_confirmation_wins_over_a_keyword_rule_with_the_same_word(sandbox, tmp_path, make_app):
+    rules = {"rules": [{"keywords": ["TD"], "reply": "keyword TD"}]}
+    app = make_app(config_dict(sandbox, tmp_path, keywords=rules))
+    assert sent(app, "TD") == (CONFIRMATION,)
+
+
+def test_a_keyword_that_only_starts_like_an_unsubscribe_word_still_works(
+    sandbox, tmp_path, make_app
+):
+    rules = {"rules": [{"keywords": ["TDXX"], "reply": "keyword TDXX"}]}
+    app = make_app(config_dict(sandbox, tmp_path, keywords=rules))
+    assert sent(app, "tdxx") == ("keyword TDXX",)
+    assert not optout.is_opted_out(app, CUSTOMER)
+
+
+def test_an_empty_confirmation_sends_nothing_but_still_records(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, keywords=RULES, optout={"confirmation": ""})
+    app = make_app(data)
+    assert sent(app, "TD") == ()
+    assert optout.is_opted_out(app, CUSTOMER)
+
+
+def test_configured_words_replace_the_defaults(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, keywords=RULES, optout={"words": ["不要了"]})
+    app = make_app(data)
+    assert sent(app, "TD") == ()  # no rule, no fallback: no answer, not an opt-out
+    assert not optout.is_opted_out(app, CUSTOMER)
+    assert sent(app, "不要了！") == (CONFIRMATION,)
+
+
+def test_a_resubscribe_word_takes_the_number_off_the_list(app):
+    sent(app, "TD")
+    assert sent(app, "订阅") == (optout.DEFAULT_RESUBSCRIBED,)
+    assert not optout.is_opted_out(app, CUSTOMER)
+    assert sent(app, "CX") == ("已受理",)
+
+
+def test_a_resubscribe_word_from_a_number_not_opted_out_is_left_to_other_rules(
+    sandbox, tmp_path, make_app
+):
+    rules = {"rules": [{"keywords": ["start"], "reply": "开始"}]}
+    app = make_app(config_dict(sandbox, tmp_path, keywords=rules))
+    assert sent(app, "START") == ("开始",)
+
+
+def test_numbers_are_compared_without_the_country_code(app):
+    sent(app, "TD", src="+86 138 0013 8000")
+    assert optout.is_opted_out(app, "13800138000")
+    assert optout.is_opted_out(app, "008613800138000")
+
+
+class ThirdParty:
+    """A user plugin answering everything, and relaying to a colleague too."""
+
+    def __init__(self) -> None:
+        self.observed: list[tuple[str, bool]] = []
+
+    @hookimpl
+    def responder_reply(self, app, message):
+        return Reply(text="third-party answer")
+
+    @hookimpl
+    def responder_observe(self, app, message):
+        self.observed.append((message.text, optout.is_opted_out(app, message.src)))
+
+
+def test_a_third_party_reply_to_an_opted_out_number_is_vetoed(sandbox, tmp_path, make_app):
+    plugin = ThirdParty()
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    app = make_app(data, extra_plugins=(("thirdparty", plugin),))
+    assert sent(app, "hello") == ("third-party answer",)
+    assert sent(app, "TD") == (CONFIRMATION,)
+    decision = process(app, journal(app, "hello again"))
+    assert decision.reply.plugin == "thirdparty"
+    assert decision.vetoed == "optout: opted out"
+    # Observers still see the message, and can tell the number opted out.
+    assert plugin.observed[-1] == ("hello again", True)
+
+
+class Relay:
+    @hookimpl
+    def responder_reply(self, app, message):
+        return Reply(text=f"from {message.src}: {message.text}", to=("13900139000", message.src))
+
+
+def test_a_reply_to_several_numbers_loses_only_the_opted_out_ones(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    app = make_app(data, extra_plugins=(("relay", Relay()),))
+    optout.add_number(app, CUSTOMER, message_id=None, source="manual", text="")
+    decision = process(app, journal(app, "hello"))
+    assert decision.final.to == ("13900139000",)
+    assert [row.recipients for row in app.store.outbox_for(decision.message.id)] == [
+        ("13900139000",)
+    ]
+
+
+def test_a_late_reply_to_an_opted_out_number_is_vetoed(app):
+    first = journal(app, "CX")
+    process(app, first)
+    sent(app, "TD")
+    assert app.reply_later(first, Reply(text="later", plugin="webhook")) is False
+
+
+def test_a_dropped_unsubscribe_message_is_still_recorded(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, keywords=RULES, guard={"ignore": [CUSTOMER]})
+    app = make_app(data)
+    decision = process(app, journal(app, "TD"))
+    assert decision.dropped == "guard: on the ignore list"
+    assert optout.is_opted_out(app, CUSTOMER)
+
+
+def test_reprocessing_the_same_message_confirms_again(app):
+    """After a crash between recording and committing, the confirmation is not lost."""
+    message = journal(app, "TD")
+    app.plugins.hook.responder_observe(app=app, message=message, reply=None, dropped=None)
+    assert decide(app, message).composed.parts == (CONFIRMATION,)
+
+
+def test_a_dry_run_records_nothing_but_remembers_within_the_simulation(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    live = make_app(data)
+    dry = make_app(data, dry_run=True)
+    message = journal(live, "TD")
+    assert decide(dry, message).composed.parts == (CONFIRMATION,)
+    assert decide(dry, journal(live, "CX")).vetoed == "optout: opted out"
+    assert not optout.is_opted_out(live, CUSTOMER)
+    assert live.store.query("SELECT COUNT(*) FROM optout_numbers")[0][0] == 0
+
+
+def test_status_counts_numbers_and_suppressed_replies(app):
+    sent(app, "TD")
+    sent(app, "CX")
+    sent(app, "CX 2")
+    section = optout.responder_status(app=app)
+    assert dict(section.figures) == {"opted-out numbers": 1, "replies suppressed": 2}
+
+
+def test_resubscribe_words_may_not_repeat_unsubscribe_words(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, optout={"resubscribe_words": ["TD"]})
+    with pytest.raises(ConfigError, match=r"optout\.resubscribe_words: 'td' is also"):
+        make_app(data)
+
+
+def test_an_unknown_key_is_a_config_error(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, optout={"confirm": "x"})
+    with pytest.raises(ConfigError, match=r"optout\.confirm: unknown key; did you mean"):
+        make_app(data)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config_file(sandbox, tmp_path):
+    return str(write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path)))
+
+
+def test_optout_add_list_remove(config_file, capsys):
+    assert main(["optout", "add", "+86 138-0013-8000", "-c", config_file]) == 0
+    assert "13800138000 added to the opt-out list" in capsys.readouterr().out
+    assert main(["optout", "add", "13800138000", "-c", config_file]) == 0
+    assert "already on" in capsys.readouterr().out
+    assert main(["optout", "list", "-c", config_file]) == 0
+    listed = capsys.readouterr().out
+    assert "13800138000" in listed and "added by hand" in listed
+    assert main(["optout", "remove", "13800138000", "-c", config_file]) == 0
+    assert "removed from" in capsys.readouterr().out
+    assert main(["optout", "remove", "13800138000", "-c", config_file]) == 1
+    assert main(["optout", "list", "-c", config_file]) == 0
+    assert "no numbers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("number", [None, "abc", "12", "138001380001380013800"])
+def test_optout_add_needs_a_phone_number(number, config_file, capsys):
+    argv = ["optout", "add", *([number] if number else []), "-c", config_file]
+    assert main(argv) == 2
+    assert "give a phone number" in capsys.readouterr().err
+
+
+def test_a_number_added_by_hand_gets_no_reply(sandbox, tmp_path, make_app, config_file):
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    write_config(tmp_path / "config.toml", data)
+    assert main(["optout", "add", CUSTOMER, "-c", config_file]) == 0
+    app = make_app(data)
+    assert sent(app, "CX") == ()
