@@ -1,0 +1,1025 @@
+"""The webhook plugin against real local HTTP receivers, a real store and the sandbox.
+
+Deliveries are driven by calling the engine's ``tick()`` (what the daemon's periodic job
+calls) with the controllable clock; the daemon runs for real where restart or the whole
+path is the point.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hmac
+import io
+import itertools
+import json
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responder_optout
+import responder_webhook as webhook
+
+from responder import __version__, hookimpl, pipeline
+from responder.app import App
+from responder.logs import configure_logging
+from responder.models import PLATFORM_TZ, InboundSms, Message, Reply
+from responder.sandbox import Sandbox
+from tests.conftest import Clock, config_dict, wait_for
+from tests.webhook_receiver import Answer, Receiver, json_answer
+
+SECRET = "whsec-3f9a1c0e5b7d2468-test"
+PHONE = "13800138000"
+OTHER = "13911020005"
+RECEIVED = datetime(2026, 11, 26, 10, 30, tzinfo=PLATFORM_TZ)
+DOCS = Path(__file__).parent.parent / "docs" / "webhooks.md"
+
+_gateway_ids = itertools.count(48522257)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def hook_app(
+    make_app: Callable[..., App], sandbox: Sandbox, tmp_path: Path, clock: Clock
+) -> Iterator[Callable[..., App]]:
+    """Build a started App whose [[webhook.targets]] are the given tables (name "crm" first)."""
+    started: list[App] = []
+
+    def build(*targets: dict[str, Any], webhook_options: Any = None, **kwargs: Any) -> App:
+        tables = [{"name": "crm", "secret": SECRET, "timeout": 2, **t} for t in targets]
+        options = {"retry_initial": 10, "retry_max": 160, "breaker_threshold": 100}
+        sections = {k: kwargs.pop(k) for k in list(kwargs) if k in ("keywords", "plugins")}
+        data = config_dict(
+            sandbox,
+            tmp_path,
+            webhook={**options, **(webhook_options or {}), "targets": tables},
+            **sections,
+        )
+        app = make_app(data, clock=kwargs.pop("clock", clock), **kwargs)
+        app.plugins.hook.responder_startup(app=app)
+        started.append(app)
+        return app
+
+    yield build
+    for app in started:
+        app.plugins.hook.responder_shutdown(app=app)
+
+
+def receive(app: App, text: str = "查询订单", src: str = PHONE, dst: str = "0888008") -> Message:
+    """Journal an inbound SMS and run it through the pipeline, as the daemon would."""
+    sms = InboundSms(
+        gateway_id=next(_gateway_ids), src=src, dst=dst, text=text, received_at=RECEIVED, raw=""
+    )
+    message = app.store.journal(sms)
+    assert message is not None
+    pipeline.process(app, message)
+    return message
+
+
+def deliver(app: App) -> int:
+    """One tick of the delivery job, waiting for what it started."""
+    engine = webhook.engine_for(app)
+    assert engine is not None
+    started = engine.tick()
+    assert engine.wait(15)
+    return started
+
+
+def rows(app: App) -> list[dict[str, Any]]:
+    records = app.store.query("SELECT * FROM webhook_deliveries ORDER BY id")
+    return [dict(zip(record.keys(), record, strict=True)) for record in records]
+
+
+def only_row(app: App) -> dict[str, Any]:
+    [row] = rows(app)
+    return row
+
+
+def answers(app: App, message: Message) -> list[tuple[tuple[str, ...], str, str]]:
+    return [(r.recipients, r.text, r.plugin) for r in app.store.outbox_for(message.id)]
+
+
+def status(app: App) -> dict[str, Any]:
+    [section] = [s for s in app.status_sections() if s.title == "webhook"]
+    return dict(section.figures)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """An independent implementation of the documented signature."""
+    mac = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, "sha256")
+    return "sha256=" + mac.hexdigest()
+
+
+# -- the request --------------------------------------------------------------------------
+
+
+def test_request_carries_the_message_as_utf8_json(hook_app, receiver) -> None:
+    app = hook_app({"url": receiver.url()})
+    message = receive(app, text="您好，请问订单到哪了？", dst="088800800")
+
+    deliver(app)
+
+    [request] = receiver.received()
+    assert request.json() == {
+        "delivery_id": only_row(app)["delivery_id"],
+        "target": "crm",
+        "message_id": message.id,
+        "gateway_id": message.gateway_id,
+        "src": PHONE,
+        "dst": "088800800",
+        "text": "您好，请问订单到哪了？",
+        "received_at": "2026-11-26T10:30:00+08:00",
+        "opted_out": False,
+        "dropped": None,
+        "reply_expected": False,
+    }
+
+
+def test_request_headers_follow_the_contract(hook_app, receiver, clock) -> None:
+    app = hook_app({"url": receiver.url(), "headers": {"X-Api-Key": "static-key-123"}})
+    receive(app)
+
+    deliver(app)
+
+    headers = receiver.received()[0].headers
+    assert headers["Content-Type"] == "application/json"
+    assert headers["User-Agent"] == f"sms-responder/{__version__}"
+    assert headers["X-Responder-Timestamp"] == str(int(clock.now))
+    assert headers["X-Responder-Delivery"] == only_row(app)["delivery_id"]
+    assert headers["X-Api-Key"] == "static-key-123"
+
+
+def test_signature_verifies_with_an_independent_hmac(hook_app, receiver) -> None:
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+
+    deliver(app)
+
+    [request] = receiver.received()
+    timestamp = request.headers["X-Responder-Timestamp"]
+    assert request.headers["X-Responder-Signature"] == expected_signature(
+        SECRET, timestamp, request.body
+    )
+
+
+def test_documented_verification_example_accepts_a_real_request_and_rejects_replays(
+    hook_app, receiver, clock
+) -> None:
+    code = re.search(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    assert code is not None, "docs/webhooks.md has no Python example"
+    namespace: dict[str, Any] = {}
+    exec(code.group(1), namespace)
+    verify = namespace["verify"]
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+    deliver(app)
+    [request] = receiver.received()
+
+    assert verify(SECRET, request.headers, request.body, now=clock.now + 10)
+    assert not verify(SECRET, request.headers, request.body, now=clock.now + 3600)
+    assert not verify(SECRET, request.headers, request.body + b" ", now=clock.now)
+    assert not verify("another-secret-of-16+", request.headers, request.body, now=clock.now)
+
+
+def test_opted_out_comes_from_the_optout_plugin(hook_app, receiver, monkeypatch) -> None:
+    monkeypatch.setattr(
+        responder_optout, "is_opted_out", lambda app, number: number == PHONE, raising=False
+    )
+    app = hook_app({"url": receiver.url()})
+    receive(app, src=PHONE)
+    receive(app, src=OTHER)
+
+    deliver(app)
+
+    flags = {r.json()["src"]: r.json()["opted_out"] for r in receiver.received()}
+    assert flags == {PHONE: True, OTHER: False}
+
+
+def test_dropped_message_is_relayed_with_the_reason(hook_app, receiver) -> None:
+    class Spam:
+        @hookimpl
+        def responder_filter(self, app, message):
+            return "spam"
+
+    app = hook_app({"url": receiver.url()}, extra_plugins=(("spamfilter", Spam()),))
+    receive(app)
+
+    deliver(app)
+
+    assert receiver.received()[0].json()["dropped"] == "spamfilter: spam"
+
+
+@pytest.mark.parametrize(
+    ("target", "text", "dst", "relayed"),
+    [
+        ({"match": ["查询", "CX"]}, "ｃｘ　１２３", "0888008", True),
+        ({"match": ["查询", "CX"]}, "查询！", "0888008", True),
+        ({"match": ["查询", "CX"]}, "退订", "0888008", False),
+        ({"dst": "01"}, "hi", "088800801", True),
+        ({"dst": "01"}, "hi", "088800802", False),
+        ({"dst": "01", "match": ["cx"]}, "hi", "088800801", False),
+    ],
+)
+def test_match_and_dst_choose_the_messages_a_target_sees(
+    hook_app, receiver, target, text, dst, relayed
+) -> None:
+    app = hook_app({"url": receiver.url(), **target})
+
+    receive(app, text=text, dst=dst)
+
+    assert len(rows(app)) == int(relayed)
+
+
+def test_observing_a_message_twice_keeps_one_delivery_with_its_id(hook_app, receiver) -> None:
+    app = hook_app({"url": receiver.url()})
+    message = receive(app)
+    first = only_row(app)["delivery_id"]
+
+    app.plugins.hook.responder_observe(app=app, message=message, reply=None, dropped=None)
+
+    assert only_row(app)["delivery_id"] == first
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+def _fail_500() -> Answer:
+    return Answer(status=500, body=b"Internal Server Error")
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (lambda r: (r.url(), Answer(status=500, body=b"db down")), "HTTP 500: db down"),
+        (lambda r: (r.url(), Answer(status=503)), "HTTP 503"),
+        (lambda r: (r.url(), Answer(status=408)), "HTTP 408"),
+        (lambda r: (r.url(), Answer(status=429)), "HTTP 429"),
+        (lambda r: (r.url(), Answer(delay=1.0)), "timed out"),
+        (lambda r: (f"http://127.0.0.1:{free_port()}/hook", None), "ConnectError"),
+    ],
+    ids=["500", "503", "408", "429", "timeout", "refused"],
+)
+def test_transient_failure_is_retried_after_a_jittered_backoff(
+    hook_app, receiver, clock, failure, error
+) -> None:
+    url, answer = failure(receiver)
+    if answer is not None:
+        receiver.script(answer)
+    app = hook_app({"url": url, "timeout": 0.3})
+    receive(app)
+
+    deliver(app)
+
+    row = only_row(app)
+    assert row["state"] == "pending"
+    assert error in row["last_error"]
+    assert clock.now + 5 <= row["next_attempt_at"] <= clock.now + 10
+
+
+def test_retry_keeps_the_delivery_id_and_the_body(hook_app, receiver, clock) -> None:
+    receiver.script(_fail_500(), _fail_500())
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+
+    for _ in range(3):
+        deliver(app)
+        clock.now = only_row(app)["next_attempt_at"]
+
+    first, second, third = receiver.received()
+    assert only_row(app)["state"] == "delivered"
+    assert {r.headers["X-Responder-Delivery"] for r in (first, second, third)} == {
+        only_row(app)["delivery_id"]
+    }
+    assert first.body == second.body == third.body
+
+
+def test_backoff_doubles_up_to_retry_max(hook_app, receiver, clock) -> None:
+    receiver.default = _fail_500()
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+    delays = []
+
+    for _ in range(7):
+        deliver(app)
+        due = only_row(app)["next_attempt_at"]
+        delays.append(due - clock.now)
+        clock.now = due
+
+    for delay, ceiling in zip(delays, [10, 20, 40, 80, 160, 160, 160], strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [lambda now: "120", lambda now: email.utils.formatdate(now + 120, usegmt=True)],
+    ids=["seconds", "http-date"],
+)
+def test_retry_after_is_honoured(hook_app, receiver, clock, retry_after) -> None:
+    receiver.script(Answer(status=429, headers=(("Retry-After", retry_after(clock.now)),)))
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+
+    deliver(app)
+
+    assert only_row(app)["next_attempt_at"] == pytest.approx(clock.now + 120, abs=1)
+
+
+def test_retry_after_pauses_the_whole_target(hook_app, receiver, clock) -> None:
+    receiver.script(Answer(status=503, headers=(("Retry-After", "300"),)))
+    app = hook_app({"url": receiver.url(), "concurrency": 1})
+    receive(app)
+    deliver(app)
+    receive(app)
+
+    clock.advance(100)
+    deliver(app)
+    assert len(receiver.received()) == 1
+
+    clock.advance(201)
+    deliver(app)
+    assert [r["state"] for r in rows(app)] == ["delivered", "delivered"]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+def test_other_4xx_is_a_permanent_failure(hook_app, receiver, status) -> None:
+    receiver.script(Answer(status=status, body=b"no such hook"))
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+
+    deliver(app)
+
+    row = only_row(app)
+    assert (row["state"], row["attempts"], row["last_status"]) == ("dead", 1, status)
+    assert row["last_error"] == f"HTTP {status}: no such hook"
+
+
+def test_delivery_id_survives_a_restart(hook_app, receiver, clock) -> None:
+    receiver.script(_fail_500())
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+    deliver(app)
+    app.plugins.hook.responder_shutdown(app=app)
+    app.store.close()
+
+    again = hook_app({"url": receiver.url()})
+    clock.now = only_row(again)["next_attempt_at"]
+    deliver(again)
+
+    first, second = receiver.received()
+    assert first.headers["X-Responder-Delivery"] == second.headers["X-Responder-Delivery"]
+    assert first.body == second.body
+    assert only_row(again)["state"] == "delivered"
+
+
+def test_attempt_cut_short_by_a_crash_is_retried_after_restart(hook_app, receiver) -> None:
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+    with app.store.transaction() as tx:  # what a kill -9 during the request leaves
+        tx.execute("UPDATE webhook_deliveries SET state = 'sending', claim = 'gone'")
+    app.plugins.hook.responder_shutdown(app=app)
+
+    again = hook_app({"url": receiver.url()})
+    deliver(again)
+
+    assert only_row(again)["state"] == "delivered"
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+def test_dead_letter_after_max_age_then_retry_command_delivers(
+    hook_app, receiver, clock, capsys
+) -> None:
+    receiver.default = Answer(status=502, body=b"bad gateway")
+    app = hook_app({"url": receiver.url(), "max_age": 60})
+    receive(app)
+    while only_row(app)["state"] == "pending":
+        deliver(app)
+        clock.now = max(clock.now, only_row(app)["next_attempt_at"])
+
+    row = only_row(app)
+    assert row["state"] == "dead"
+    assert "gave up at max_age" in row["last_error"] and "HTTP 502" in row["last_error"]
+    figures = status(app)
+    assert figures["dead letters"] == 1
+    assert "HTTP 502: bad gateway" in figures["crm: last dead letter"]
+
+    receiver.default = Answer(status=200)
+    assert webhook.command_run(app, ["retry", "--target", "crm"]) == 0
+    deliver(app)
+
+    assert "crm: 1 dead letter(s) re-queued" in capsys.readouterr().out
+    assert only_row(app)["state"] == "delivered"
+
+
+def test_retry_command_names_an_unknown_target(hook_app, receiver, capsys) -> None:
+    app = hook_app({"url": receiver.url()})
+
+    assert webhook.command_run(app, ["retry", "--target", "nope"]) == 2
+
+    assert "no target 'nope' (targets: crm)" in capsys.readouterr().err
+
+
+def test_retry_subcommand_through_the_cli(hook_app, receiver, tmp_path, sandbox, capsys) -> None:
+    import tomli_w
+
+    from responder.cli import main
+
+    receiver.script(Answer(status=404))
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+    deliver(app)
+    assert only_row(app)["state"] == "dead"
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        webhook={"targets": [{"name": "crm", "secret": SECRET, "url": receiver.url()}]},
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+
+    assert main(["webhook", "retry", "-c", str(config)]) == 0
+
+    assert "crm: 1 dead letter(s) re-queued" in capsys.readouterr().out
+    assert only_row(app)["state"] == "pending"
+
+
+# -- the circuit breaker ------------------------------------------------------------------
+
+
+def test_circuit_opens_after_repeated_failures_and_half_opens_with_one_probe(
+    hook_app, receiver, clock
+) -> None:
+    receiver.default = _fail_500()
+    app = hook_app(
+        {"url": receiver.url(), "concurrency": 1},
+        webhook_options={"breaker_threshold": 3, "breaker_cooldown": 600, "retry_max": 20},
+    )
+    for _ in range(3):
+        receive(app)
+    for _ in range(3):
+        deliver(app)
+        clock.advance(30)
+    assert len(receiver.received()) == 3
+    circuit = status(app)["crm: circuit"]
+    assert circuit.startswith("open for")
+
+    clock.advance(100)  # every row due, but the circuit is open
+    assert deliver(app) == 0
+
+    clock.advance(600)  # half-open: a single probe, which fails and opens it again
+    deliver(app)
+    assert len(receiver.received()) == 4
+    assert deliver(app) == 0
+
+    receiver.default = Answer(status=200)
+    clock.advance(601)  # the probe succeeds: closed, and the backlog flows
+    deliver(app)
+    assert [r["state"] for r in rows(app)] == ["delivered"] * 3
+    assert status(app)["crm: circuit"].startswith("closed")
+
+
+def test_open_circuit_still_dead_letters_rows_past_max_age(hook_app, receiver, clock) -> None:
+    receiver.default = _fail_500()
+    app = hook_app(
+        {"url": receiver.url(), "max_age": 120},
+        webhook_options={"breaker_threshold": 1, "breaker_cooldown": 3600},
+    )
+    receive(app)
+    deliver(app)
+
+    clock.advance(121)
+    deliver(app)
+
+    row = only_row(app)
+    assert row["state"] == "dead"
+    assert row["last_error"] == "HTTP 500: Internal Server Error (circuit open at max_age)"
+
+
+def test_slow_target_does_not_hold_up_another(hook_app, receiver) -> None:
+    release = threading.Event()
+    with Receiver(default=Answer(hang=release)) as slow:
+        app = hook_app(
+            {"name": "slow", "url": slow.url(), "timeout": 5},
+            {"name": "fast", "url": receiver.url()},
+        )
+        receive(app)
+        engine = webhook.engine_for(app)
+        try:
+            engine.tick()
+            wait_for(lambda: slow.received() and receiver.received())
+            wait_for(lambda: {r["target"]: r["state"] for r in rows(app)}["fast"] == "delivered")
+            assert {r["target"]: r["state"] for r in rows(app)}["slow"] == "sending"
+        finally:
+            release.set()
+            engine.wait()
+
+
+# -- reply mode ---------------------------------------------------------------------------
+
+
+def test_reply_target_holds_the_message_from_other_plugins(hook_app, receiver) -> None:
+    app = hook_app({"url": receiver.url(), "mode": "reply"}, keywords={"fallback": "感谢您的短信"})
+    decision = pipeline.decide(app, _message(app))
+
+    assert decision.reply == Reply(text="", plugin="webhook", meta=(("deferred", "webhook:crm"),))
+    assert decision.final is None
+
+
+def test_unsubscribe_word_is_confirmed_by_optout_not_held_for_a_reply_target(
+    hook_app, receiver
+) -> None:
+    receiver.default = json_answer({"reply": "CRM answer"})
+    app = hook_app({"url": receiver.url(), "mode": "reply"})
+    message = receive(app, text="TD")
+
+    deliver(app)
+
+    assert only_row(app)["mode"] == "relay"
+    [(_to, _text, plugin)] = answers(app, message)
+    assert plugin == "optout"
+    assert receiver.received()[0].json()["opted_out"] is True
+
+
+def test_a_user_plugin_answers_before_a_reply_target(hook_app, receiver) -> None:
+    class Mine:
+        @hookimpl
+        def responder_reply(self, app, message):
+            return Reply(text="mine")
+
+    app = hook_app({"url": receiver.url(), "mode": "reply"}, extra_plugins=(("mine", Mine()),))
+    message = receive(app)
+
+    deliver(app)
+
+    assert answers(app, message) == [((PHONE,), "mine", "mine")]
+    assert only_row(app)["mode"] == "relay"
+
+
+def _message(app: App) -> Message:
+    return Message(
+        id=0, gateway_id=0, src=PHONE, dst="0888008", text="查询", received_at=None, raw=""
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "target", "expected"),
+    [
+        (json_answer({"reply": "您好，订单已发货"}), {}, [((PHONE,), "您好，订单已发货")]),
+        (json_answer({"reply": "  多行\r\n回复  "}), {}, [((PHONE,), "多行\n回复")]),
+        (json_answer({"reply": None}), {}, []),
+        (json_answer({"other": 1}), {}, []),
+        (Answer(status=204), {}, []),
+        (Answer(status=200, body=b""), {}, []),
+        (Answer(status=202, body=b'{"reply": "ignored"}'), {}, []),
+        (
+            Answer(body="收到".encode(), headers=(("Content-Type", "text/plain"),)),
+            {"reply_format": "text"},
+            [((PHONE,), "收到")],
+        ),
+        (
+            Answer(
+                body="收到".encode("gbk"), headers=(("Content-Type", "text/plain; charset=gbk"),)
+            ),
+            {"reply_format": "text"},
+            [((PHONE,), "收到")],
+        ),
+        (
+            json_answer({"reply": "已转告", "to": [OTHER]}),
+            {"allow_other_recipients": True},
+            [((OTHER,), "已转告")],
+        ),
+        (json_answer({"reply": "好", "to": [PHONE]}), {}, [((PHONE,), "好")]),
+    ],
+    ids=[
+        "json",
+        "stripped",
+        "null",
+        "no-reply-key",
+        "204",
+        "empty",
+        "202",
+        "text",
+        "text-gbk",
+        "other-recipient-allowed",
+        "to-sender",
+    ],
+)
+def test_reply_target_answer_is_queued_for_the_sender(
+    hook_app, receiver, answer, target, expected
+) -> None:
+    receiver.script(answer)
+    app = hook_app({"url": receiver.url(), "mode": "reply", **target})
+    message = receive(app)
+
+    deliver(app)
+
+    assert only_row(app)["state"] == "delivered"
+    assert [(to, text) for to, text, _plugin in answers(app, message)] == expected
+    assert receiver.received()[0].json()["reply_expected"] is True
+
+
+@pytest.mark.parametrize(
+    ("answer", "target", "reason"),
+    [
+        (json_answer({"reply": "长" * 501}), {}, "501 characters, more than 500"),
+        (json_answer({"reply": "hi\x1b[31m"}), {}, "control character U+001B"),
+        (json_answer({"reply": "hi\x85"}), {}, "control character U+0085"),
+        (Answer(body=b"<html>ok</html>"), {}, "not JSON"),
+        (json_answer(["hi"]), {}, "must be a JSON object"),
+        (json_answer({"reply": 5}), {}, '"reply" must be a string or null'),
+        (json_answer({"reply": "hi", "to": [OTHER]}), {}, "allow_other_recipients = true"),
+        (
+            json_answer({"reply": "hi", "to": ["+86 139"]}),
+            {"allow_other_recipients": True},
+            "invalid mobile number",
+        ),
+        (
+            json_answer({"reply": "hi", "to": "13911020005"}),
+            {"allow_other_recipients": True},
+            '"to" must be a list',
+        ),
+        (
+            Answer(body=b"\xff\xfe", headers=(("Content-Type", "text/plain"),)),
+            {"reply_format": "text"},
+            "not valid utf-8 text",
+        ),
+    ],
+    ids=[
+        "too-long",
+        "escape",
+        "c1-control",
+        "html",
+        "list",
+        "not-string",
+        "other-recipient",
+        "bad-number",
+        "to-not-list",
+        "bad-encoding",
+    ],
+)
+def test_unusable_answer_is_refused_and_the_fallback_answers(
+    hook_app, receiver, answer, target, reason
+) -> None:
+    receiver.script(answer)
+    app = hook_app(
+        {"url": receiver.url(), "mode": "reply", **target}, keywords={"fallback": "感谢您的短信"}
+    )
+    message = receive(app)
+
+    deliver(app)
+
+    row = only_row(app)
+    assert row["state"] == "dead"
+    assert reason in row["last_error"]
+    assert answers(app, message) == [((PHONE,), "感谢您的短信", "keywords")]
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "expected"),
+    [("fallback", [((PHONE,), "感谢您的短信", "keywords")]), ("silent", [])],
+)
+def test_on_failure_decides_what_the_sender_gets_when_the_target_fails(
+    hook_app, receiver, on_failure, expected
+) -> None:
+    receiver.script(Answer(status=404))
+    app = hook_app(
+        {"url": receiver.url(), "mode": "reply", "on_failure": on_failure},
+        keywords={"fallback": "感谢您的短信"},
+    )
+    message = receive(app)
+
+    deliver(app)
+
+    assert answers(app, message) == expected
+    assert only_row(app)["answer_state"] == ("queued" if expected else "silent")
+
+
+def test_fallback_is_sent_once_even_if_the_dead_letter_dies_again(
+    hook_app, receiver, capsys
+) -> None:
+    receiver.default = Answer(status=404)
+    app = hook_app({"url": receiver.url(), "mode": "reply"}, keywords={"fallback": "感谢您的短信"})
+    message = receive(app)
+    deliver(app)
+
+    webhook.command_run(app, ["retry"])
+    deliver(app)
+
+    assert len(receiver.received()) == 2
+    assert len(answers(app, message)) == 1
+
+
+def test_only_the_first_matching_reply_target_answers(hook_app, receiver) -> None:
+    receiver.default = json_answer({"reply": "来自CRM"})
+    app = hook_app(
+        {"url": receiver.url(), "mode": "reply"},
+        {"name": "desk", "url": receiver.url("/desk"), "mode": "reply"},
+    )
+    message = receive(app)
+
+    deliver(app)
+
+    assert {r["target"]: r["mode"] for r in rows(app)} == {"crm": "reply", "desk": "relay"}
+    assert answers(app, message) == [((PHONE,), "来自CRM", "webhook")]
+
+
+def test_answer_half_queued_before_a_crash_is_queued_exactly_once(hook_app, receiver) -> None:
+    receiver.default = json_answer({"reply": "好的"})
+    app = hook_app({"url": receiver.url(), "mode": "reply"})
+    message = receive(app)
+    deliver(app)
+    assert len(answers(app, message)) == 1
+    with app.store.transaction() as tx:  # as if killed between reply_later and the last commit
+        tx.execute("UPDATE webhook_deliveries SET answer_state = 'queuing'")
+    app.plugins.hook.responder_shutdown(app=app)
+
+    again = hook_app({"url": receiver.url(), "mode": "reply"})
+
+    assert len(answers(again, message)) == 1
+    assert only_row(again)["answer_state"] == "queued"
+
+
+def test_answer_lost_before_it_was_queued_is_queued_after_restart(hook_app, receiver) -> None:
+    receiver.default = json_answer({"reply": "好的"})
+    app = hook_app({"url": receiver.url(), "mode": "reply"})
+    message = receive(app)
+    with app.store.transaction() as tx:  # as if killed just after the answer was recorded
+        tx.execute(
+            "UPDATE webhook_deliveries SET state = 'delivered', answer_state = 'queuing',"
+            " answer = ?, outbox_before = 0",
+            (json.dumps({"text": "好的", "to": [], "plugin": "webhook", "meta": []}),),
+        )
+    app.plugins.hook.responder_shutdown(app=app)
+
+    again = hook_app({"url": receiver.url(), "mode": "reply"})
+
+    assert answers(again, message) == [((PHONE,), "好的", "webhook")]
+    assert receiver.received() == []
+
+
+# -- safety -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared_length", [True, False], ids=["content-length", "chunked"])
+def test_huge_answer_body_is_refused_unread(hook_app, receiver, declared_length) -> None:
+    receiver.script(Answer(stream_bytes=10 * 1024 * 1024, declared_length=declared_length))
+    app = hook_app({"url": receiver.url(), "mode": "reply", "on_failure": "silent"})
+    message = receive(app)
+
+    deliver(app)
+
+    row = only_row(app)
+    assert (row["state"], row["last_error"]) == (
+        "dead",
+        "HTTP 200: the response body is larger than 64 KiB",
+    )
+    assert answers(app, message) == []
+
+
+def test_huge_body_of_a_relay_target_is_not_read(hook_app, receiver) -> None:
+    receiver.script(Answer(stream_bytes=10 * 1024 * 1024))
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+
+    deliver(app)
+
+    assert only_row(app)["state"] == "delivered"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_to_another_host_is_not_followed(hook_app, receiver, status) -> None:
+    with Receiver() as elsewhere:
+        location = elsewhere.url(host="localhost")
+        receiver.script(Answer(status=status, headers=(("Location", location),)))
+        app = hook_app({"url": receiver.url()})
+        receive(app)
+
+        deliver(app)
+
+        assert elsewhere.received() == []
+    row = only_row(app)
+    assert row["state"] == "dead"
+    assert f"HTTP {status}: redirected to http://localhost, not followed" in row["last_error"]
+
+
+def test_same_host_307_redirect_is_followed_with_the_same_signed_body(hook_app, receiver) -> None:
+    receiver.script(Answer(status=307, headers=(("Location", "/v2/hook"),)))
+    app = hook_app({"url": receiver.url()})
+    receive(app)
+
+    deliver(app)
+
+    first, second = receiver.received()
+    assert second.path == "/v2/hook"
+    assert (second.body, second.headers["X-Responder-Signature"]) == (
+        first.body,
+        first.headers["X-Responder-Signature"],
+    )
+    assert only_row(app)["state"] == "delivered"
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory) -> tuple[Path, ssl.SSLContext]:
+    """A private CA (its PEM file) and a server context with a certificate it signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test Private CA",
+    )
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n", encoding="ascii")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return folder / "ca.pem", context
+
+
+def test_tls_certificate_of_a_private_ca_is_refused_without_ca_file(hook_app, private_ca) -> None:
+    _ca, context = private_ca
+    with Receiver(tls=context) as server:
+        app = hook_app({"url": server.url()})
+        receive(app)
+
+        deliver(app)
+
+    row = only_row(app)
+    assert row["state"] == "pending"
+    assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"]
+
+
+def test_tls_with_the_private_ca_in_ca_file_is_delivered(hook_app, private_ca) -> None:
+    ca, context = private_ca
+    with Receiver(tls=context) as server:
+        app = hook_app({"url": server.url(), "ca_file": str(ca)})
+        receive(app)
+
+        deliver(app)
+
+        assert len(server.received()) == 1
+    assert only_row(app)["state"] == "delivered"
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The logs as JSON lines, for the test; the quiet default again afterwards."""
+    stream = io.StringIO()
+    configure_logging(format="json", level="debug", stream=stream)
+    yield stream
+    configure_logging(format="console", level="warning")
+
+
+def test_secret_never_reaches_logs_errors_or_status(log_stream, hook_app, receiver, clock) -> None:
+    stream = log_stream
+    receiver.default = Answer(status=500, body=f"bad signature, expected {SECRET}".encode())
+    app = hook_app({"url": receiver.url(), "max_age": 30})
+    receive(app)
+    while only_row(app)["state"] == "pending":
+        deliver(app)
+        clock.now = max(clock.now, only_row(app)["next_attempt_at"])
+    app.log.warning("echo", value=f"a plugin logged {SECRET}")
+
+    assert "[REDACTED]" in only_row(app)["last_error"]
+    assert SECRET not in json.dumps(rows(app), default=repr)
+    assert SECRET not in repr(app.status_sections())
+    assert SECRET not in repr(app.plugin_config("webhook"))
+    assert "webhook_dead_letter" in stream.getvalue()
+    assert SECRET not in stream.getvalue()
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+def test_reply_reaches_the_sender_through_the_sandbox_gbk_intact(
+    sandbox, receiver, tmp_path
+) -> None:
+    from responder.config import settings_from_dict
+    from responder.daemon import Daemon
+
+    answer = "您好，您的订单已发货，单号SF123。"
+    receiver.default = json_answer({"reply": answer})
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        webhook={
+            "targets": [{"name": "crm", "url": receiver.url(), "secret": SECRET, "mode": "reply"}]
+        },
+    )
+    daemon = Daemon(settings=settings_from_dict(data, environ={}), configure_logs=False)
+    daemon.start()
+    try:
+        sandbox.inject(PHONE, "订单到哪了？")
+        [sms] = wait_for(sandbox.sent)
+    finally:
+        daemon.stop()
+
+    assert receiver.received()[0].json()["text"] == "订单到哪了？"
+    assert sms.numbers == (PHONE,)
+    assert sms.text == answer
+    assert sms.raw_msg == answer.encode("gbk")
+
+
+def test_kill_9_during_a_hanging_call_then_restart_answers_once(
+    sandbox, receiver, tmp_path, daemons
+) -> None:
+    import tomli_w
+
+    from responder.store import Store
+
+    hang = threading.Event()
+    receiver.script(Answer(hang=hang))
+    receiver.default = json_answer({"reply": "已收到，稍后回复您"})
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        webhook={
+            "targets": [
+                {
+                    "name": "crm",
+                    "url": receiver.url(),
+                    "secret": SECRET,
+                    "mode": "reply",
+                    "timeout": 30,
+                }
+            ]
+        },
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    sandbox.inject(PHONE, "在吗")
+    try:
+        first = daemons(config, tmp_path / "first.log")
+        wait_for(receiver.received)
+        first.kill9()
+
+        second = daemons(config, tmp_path / "second.log")
+        [sms] = wait_for(sandbox.sent)
+        store = Store(tmp_path / "responder.db")
+        wait_for(lambda: store.query("SELECT state FROM outbox")[0][0] == "sent")
+        second.signal(15)
+        assert second.wait() == 0
+    finally:
+        hang.set()
+
+    assert sandbox.sent() == [sms]
+    assert sms.text == "已收到，稍后回复您"
+    ids = {r.headers["X-Responder-Delivery"] for r in receiver.received()}
+    assert len(receiver.received()) == 2 and len(ids) == 1
+    assert tuple(store.query("SELECT state, attempts FROM webhook_deliveries")[0]) == (
+        "delivered",
+        2,
+    )
+    store.close()
