@@ -1,0 +1,342 @@
+"""One test (at least) per hook in responder/hookspecs.py, through the plugin author's kit.
+
+Every test of a hook is named ``test_hook_<hookname>_...``; the last test fails when a
+hook has none.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, replace
+
+import pytest
+import tomli_w
+
+from responder import hookimpl, hookspecs
+from responder.app import build_app
+from responder.cli import build_parser
+from responder.commands import CommandRegistry
+from responder.config import ConfigError, ConfigSection, Table
+from responder.models import Reply, StatusSection, Veto
+from responder.plugins import PluginHost
+from responder.testing import make_settings
+
+# -- responder_config_section -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GreetingSettings:
+    text: str
+    times: int
+
+
+class Greeting:
+    @hookimpl
+    def responder_config_section(self):
+        return ConfigSection("greeting", self.parse)
+
+    @staticmethod
+    def parse(table: Table) -> GreetingSettings:
+        return GreetingSettings(text=table.get_str("text", "hi"), times=table.get_int("times", 1))
+
+
+@pytest.mark.parametrize("responder_plugins", [[("greeting", Greeting())]], indirect=True)
+def test_hook_responder_config_section_gives_the_plugin_its_parsed_section(responder_app):
+    assert responder_app.app.plugin_config("greeting") == GreetingSettings("hi", 1)
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"times": "two"}, "<responder_config>: greeting.times: must be an integer, got"),
+        ({"txet": "hello"}, "<responder_config>: greeting.txet: unknown key; did you mean 'text'"),
+    ],
+)
+def test_hook_responder_config_section_errors_name_the_dotted_key(tmp_path, section, problem):
+    settings = make_settings(
+        {"greeting": section}, gateway_url="http://127.0.0.1:9", store_path=tmp_path / "s.db"
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_app(settings, extra_plugins=(("greeting", Greeting()),), dry_run=True)
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+# -- responder_startup / responder_shutdown ---------------------------------------------
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.ticked = threading.Event()
+
+    @hookimpl
+    def responder_startup(self, app):
+        app.store.migrate("lifecycle", ["CREATE TABLE lifecycle_seen (id INTEGER PRIMARY KEY)"])
+        app.every(0.05, self.ticked.set, name="lifecycle-tick")
+        self.events.append("startup")
+
+    @hookimpl
+    def responder_shutdown(self, app):
+        self.events.append("shutdown")
+
+
+LIFECYCLE = Lifecycle()
+
+
+@pytest.fixture
+def responder_plugins(request):
+    return getattr(request, "param", [])
+
+
+@pytest.mark.parametrize("responder_plugins", [[("lifecycle", LIFECYCLE)]], indirect=True)
+def test_hook_responder_startup_creates_tables_and_registers_periodic_work(responder_daemon):
+    assert "startup" in LIFECYCLE.events
+    assert responder_daemon.store.query("SELECT COUNT(*) FROM lifecycle_seen")[0][0] == 0
+    assert LIFECYCLE.ticked.wait(10), "the job registered with app.every never ran"
+
+
+@pytest.mark.parametrize("responder_plugins", [[("lifecycle", LIFECYCLE)]], indirect=True)
+def test_hook_responder_shutdown_runs_when_the_daemon_stops(responder_daemon):
+    LIFECYCLE.events.clear()
+    responder_daemon.stop()
+    assert LIFECYCLE.events == ["shutdown"]
+
+
+# -- responder_filter -------------------------------------------------------------------
+
+
+class DropAds:
+    @hookimpl
+    def responder_filter(self, message):
+        return "advertising" if message.text.startswith("AD") else None
+
+
+class DropShort:
+    @hookimpl
+    def responder_filter(self, message):
+        return "too short" if len(message.text) < 3 else None
+
+
+class Echo:
+    @hookimpl
+    def responder_reply(self, message):
+        return Reply(text=f"echo {message.text}")
+
+
+@pytest.mark.parametrize(
+    "responder_plugins",
+    [[("echo", Echo()), ("drop_ads", DropAds()), ("drop_short", DropShort())]],
+    indirect=True,
+)
+@pytest.mark.parametrize(
+    ("text", "dropped"),
+    [
+        ("AD!", "drop_ads: advertising"),
+        ("AD", "drop_short: too short"),  # registered last, asked first: its reason wins
+        ("hello", None),
+    ],
+)
+def test_hook_responder_filter_first_reason_wins_and_stops_the_reply(responder_app, text, dropped):
+    decision = responder_app.decide(text)
+    assert decision.dropped == dropped
+    assert (decision.reply is None) == (dropped is not None)
+
+
+# -- responder_reply --------------------------------------------------------------------
+
+
+class Weekend:
+    @hookimpl(tryfirst=True)
+    def responder_reply(self, message):
+        return Reply(text="closed today") if message.text == "OPEN?" else None
+
+
+@pytest.fixture
+def responder_config():
+    return {"keywords": {"rules": [{"keywords": ["OPEN?", "CX"], "reply": "yes, 9 to 5"}]}}
+
+
+@pytest.mark.parametrize("responder_plugins", [[("weekend", Weekend())]], indirect=True)
+@pytest.mark.parametrize(
+    ("text", "reply", "plugin"),
+    [("OPEN?", "closed today", "weekend"), ("CX", "yes, 9 to 5", "keywords")],
+)
+def test_hook_responder_reply_first_reply_wins_over_the_built_in(
+    responder_app, text, reply, plugin
+):
+    decision = responder_app.decide(text)
+    assert decision.final is not None and decision.final.text == reply
+    assert decision.final.plugin == plugin
+
+
+class Silence:
+    @hookimpl
+    def responder_reply(self, message):
+        return Reply(text="")
+
+
+@pytest.mark.parametrize("responder_plugins", [[("silence", Silence())]], indirect=True)
+def test_hook_responder_reply_empty_text_answers_with_silence(responder_app):
+    decision = responder_app.decide("CX")
+    assert decision.reply == Reply(text="", plugin="silence")
+    assert decision.final is None
+
+
+# -- responder_observe ------------------------------------------------------------------
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, str | None]] = []
+
+    @hookimpl
+    def responder_observe(self, message, reply, dropped):
+        self.seen.append((message.text, reply.text if reply else None, dropped))
+
+
+AUDIT = Audit()
+
+
+@pytest.mark.parametrize(
+    "responder_plugins", [[("audit", AUDIT), ("drop_ads", DropAds())]], indirect=True
+)
+def test_hook_responder_observe_sees_answered_and_dropped_messages(responder_daemon):
+    AUDIT.seen.clear()
+    responder_daemon.inject("CX")
+    responder_daemon.inject("AD buy now")
+    responder_daemon.wait_idle()
+    assert AUDIT.seen == [
+        ("CX", "yes, 9 to 5", None),
+        ("AD buy now", None, "drop_ads: advertising"),
+    ]
+
+
+# -- responder_before_send --------------------------------------------------------------
+
+
+class Polite:
+    @hookimpl(tryfirst=True)
+    def responder_before_send(self, reply):
+        return replace(reply, text=f"{reply.text}, thank you")
+
+
+class Shout:
+    @hookimpl
+    def responder_before_send(self, reply):
+        return replace(reply, text=reply.text.upper())
+
+
+class NightQuiet:
+    @hookimpl
+    def responder_before_send(self, message):
+        return Veto("quiet hours") if message.src.endswith("0") else None
+
+
+@pytest.mark.parametrize(
+    "responder_plugins", [[("shout", Shout()), ("polite", Polite())]], indirect=True
+)
+def test_hook_responder_before_send_each_sees_the_reply_as_changed_so_far(responder_app):
+    assert responder_app.simulate("CX").text == "YES, 9 TO 5, THANK YOU"
+
+
+@pytest.mark.parametrize(
+    "responder_plugins", [[("shout", Shout()), ("quiet", NightQuiet())]], indirect=True
+)
+def test_hook_responder_before_send_veto_cancels_the_reply(responder_app):
+    decision = responder_app.decide("CX", src="13800138000")
+    assert decision.vetoed == "quiet: quiet hours"
+    assert responder_app.simulate("CX", src="13800138001").text == "YES, 9 TO 5"
+
+
+# -- responder_after_send ---------------------------------------------------------------
+
+
+class Receipts:
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, str, int]] = []
+
+    @hookimpl
+    def responder_after_send(self, message, reply, delivery):
+        self.deliveries.append((message.text, delivery.status, delivery.attempt))
+
+
+RECEIPTS = Receipts()
+
+
+@pytest.mark.parametrize("responder_plugins", [[("receipts", RECEIPTS)]], indirect=True)
+def test_hook_responder_after_send_sees_every_attempt(responder_daemon):
+    RECEIPTS.deliveries.clear()
+    responder_daemon.sandbox.set_fault("status500", endpoint="send", count=1)
+    responder_daemon.inject("CX")
+    responder_daemon.wait_for_sent()
+    responder_daemon.wait_idle()
+    assert RECEIPTS.deliveries == [("CX", "retrying", 1), ("CX", "sent", 2)]
+
+
+# -- responder_register_commands --------------------------------------------------------
+
+
+class Hello:
+    @hookimpl
+    def responder_register_commands(self, commands):
+        commands.add(
+            "hello",
+            help="say hello",
+            setup=lambda parser: parser.add_argument("--name", default="world"),
+            run=lambda app, args: print(f"hello {args.name}, store {app.store.path.name}") or 0,
+        )
+
+
+def test_hook_responder_register_commands_adds_a_subcommand(tmp_path, capsys):
+    host = PluginHost(None, extra=[("hello", Hello())], include_configured=False)
+    registry = CommandRegistry()
+    for plugin, function in host.implementations("responder_register_commands"):
+        registry.plugin = plugin
+        function(commands=registry)
+    config = tmp_path / "config.toml"
+    settings = {
+        "gateway": {"base_urls": ["http://127.0.0.1:9"], "name": "a", "password": "b"},
+        "store": {"path": str(tmp_path / "hello.db")},
+    }
+    config.write_text(tomli_w.dumps(settings), encoding="utf-8")
+
+    args = build_parser(registry).parse_args(["hello", "-c", str(config), "--name", "ops"])
+
+    assert args.handler(args) == 0
+    assert capsys.readouterr().out == "hello ops, store hello.db\n"
+    assert registry.commands["hello"].plugin == "hello"
+
+
+# -- responder_status -------------------------------------------------------------------
+
+
+class Tally:
+    @hookimpl
+    def responder_status(self, app):
+        rows = app.store.query("SELECT COUNT(*) FROM messages")
+        return StatusSection(title="tally", figures=(("messages", rows[0][0]),))
+
+
+@pytest.mark.parametrize("responder_plugins", [[("tally", Tally())]], indirect=True)
+def test_hook_responder_status_sections_are_collected_from_every_plugin(responder_daemon):
+    responder_daemon.inject("CX")
+    responder_daemon.wait_idle()
+    sections = responder_daemon.app.status_sections()
+    assert StatusSection(title="tally", figures=(("messages", 1),)) in sections
+
+
+# -- every hook has a test --------------------------------------------------------------
+
+
+def hook_names() -> set[str]:
+    return {name for name, value in vars(hookspecs).items() if hasattr(value, "responder_spec")}
+
+
+def test_every_hook_has_a_test_of_its_own():
+    tests = [name for name in vars(sys.modules[__name__]) if name.startswith("test_hook_")]
+    untested = {
+        hook for hook in hook_names() if not any(t.startswith(f"test_hook_{hook}_") for t in tests)
+    }
+    assert hook_names(), "no hookspecs found"
+    assert not untested, f"hooks without a test_hook_<name>_... test: {sorted(untested)}"
