@@ -149,7 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _simulation_app(args: argparse.Namespace) -> tuple[App | None, int]:
     try:
-        settings = load_settings(_config_path(args))
+        settings = load_settings(_config_path(args), need_password=False)
     except ConfigError as err:
         return None, _problems(err.problems)
     _quiet_logs(settings)
@@ -209,21 +209,26 @@ def print_decision(record: dict[str, Any]) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from responder.pipeline import decide
+    from responder.simulation import simulate_file, simulate_record
 
+    if args.file and args.text is not None:
+        print("simulate: give a text or --file, not both", file=sys.stderr)
+        return EXIT_CONFIG
     app, code = _simulation_app(args)
     if app is None:
         return code
     texts = [args.text] if args.text is not None else None
     try:
+        if args.file:
+            return simulate_file(app, args, args.dst or _service_dst(app))
         if texts is None:
             if not sys.stdin.isatty():
                 texts = [line.rstrip("\n") for line in sys.stdin]
             else:
                 return _interactive(app, args)
         for text in texts:
-            record = decision_record(
-                decide(app, simulated_message(text, args.src, args.dst or _service_dst(app)))
+            record = simulate_record(
+                app, simulated_message(text, args.src, args.dst or _service_dst(app))
             )
             if args.json:
                 print(json.dumps(record, ensure_ascii=False))
@@ -235,12 +240,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         app.close()
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from responder.simulation import cmd_replay
+
+    return cmd_replay(args)
+
+
 def _service_dst(app: App) -> str:
     return app.settings.gateway.sender or ""
 
 
 def _interactive(app: App, args: argparse.Namespace) -> int:
-    from responder.pipeline import decide
+    from responder.simulation import simulate_record
 
     print("Type a message as a customer would; an empty line or Ctrl-D ends.")
     while True:
@@ -251,7 +262,7 @@ def _interactive(app: App, args: argparse.Namespace) -> int:
         if not text:
             return 0
         message = simulated_message(text, args.src, args.dst or _service_dst(app))
-        print_decision(decision_record(decide(app, message)))
+        print_decision(simulate_record(app, message))
 
 
 def _age(moment: float | None, now: float) -> str:
@@ -265,7 +276,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     try:
-        settings = load_settings(_config_path(args))
+        settings = load_settings(_config_path(args), need_password=False)
     except ConfigError as err:
         return _problems(err.problems)
     _quiet_logs(settings)
@@ -276,12 +287,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         app = build_app(settings, store=Store(settings.store.path), dry_run=True)
     except ConfigError as err:
         return _problems(err.problems)
+    from responder.metrics import store_figures
+
     status = app.store.status()
+    figures = store_figures(app.store)
     sections = app.status_sections()
     now = time.time()
-    stale = status.last_read_at is None or now - status.last_read_at > args.max_age
+    last_ok = status.last_read_ok_at
+    stale = last_ok is None or now - last_ok > args.max_age
     if args.json:
         record = asdict(status) | {
+            "outbox_depth": figures.outbox_depth,
+            "dead_letters": figures.dead_letters,
+            "sends": [
+                {"result": result, "errid": errid, "count": count}
+                for (result, errid), count in sorted(figures.sends.items())
+            ],
             "plugins": {s.title: dict(s.figures) for s in sections},
             "healthy": not stale,
         }
@@ -289,10 +310,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"store:          {settings.store.path}")
         print(f"messages:       {_counts(status.messages)}")
-        print(f"outbox:         {_counts(status.outbox)}")
-        print(f"dead letters:   {status.outbox.get('dead', 0)}")
+        print(f"outbox:         {_counts(status.outbox)} (depth {figures.outbox_depth})")
+        print(f"dead letters:   {figures.dead_letters}")
+        sends = {f"{res} errid={errid or '-'}": n for (res, errid), n in figures.sends.items()}
+        print(f"sends:          {_counts(sends)}")
         print(f"uncertain:      {status.uncertain_sends} send(s) whose outcome was unknown")
-        print(f"last read:      {_age(status.last_read_at, now)}")
+        print(f"last good read: {_age(last_ok, now)}")
+        print(f"last read try:  {_age(status.last_read_at, now)}")
         print(f"last message:   {_age(status.last_message_at, now)}")
         print(f"last sent:      {_age(status.last_sent_at, now)}")
         if status.reasons:
@@ -310,6 +334,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def unit_file() -> Path:
+    """The systemd unit shipped in the package (the source tree's copy when run from it)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "systemd" / "responder.service"
+    return packaged if packaged.exists() else here.parent / "systemd" / "responder.service"
+
+
+def cmd_unit(args: argparse.Namespace) -> int:
+    path = unit_file()
+    if not path.exists():
+        print(f"{path}: the systemd unit is missing from this installation", file=sys.stderr)
+        return 1
+    print(path if args.path else path.read_text(encoding="utf-8"), end="\n" if args.path else "")
+    return 0
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{state} {count}" for state, count in sorted(counts.items())) or "none"
 
@@ -319,7 +359,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     path = _config_path(args)
     if args.config or Path(path).exists():
         try:
-            settings = load_settings(path)
+            settings = load_settings(path, need_password=False)
         except ConfigError as err:
             return _problems(err.problems)
     host = PluginHost(settings)
@@ -388,7 +428,15 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
     p.add_argument("--from", dest="src", default="13800138000", help="the sender's number")
     p.add_argument("--to", dest="dst", default="", help="the number it was sent to (dst)")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.add_argument("--file", metavar="CSV", help="a recorded conversation: src,text per line")
     p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("replay", help="re-run stored messages through the current rules")
+    _add_config(p)
+    p.add_argument("--since", required=True, help="from this date (platform time): 2026-11-01")
+    p.add_argument("--all", action="store_true", help="list every message, not only changes")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.set_defaults(handler=_replay)
 
     p = sub.add_parser("status", help="counts, outbox, dead letters; exit 1 when reads are stale")
     _add_config(p)
@@ -401,6 +449,10 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
         help="unhealthy when the last successful read is older (default 300)",
     )
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("unit", help="print the systemd unit shipped with this release")
+    p.add_argument("--path", action="store_true", help="print where the unit file is instead")
+    p.set_defaults(handler=cmd_unit)
 
     p = sub.add_parser("plugins", help="list plugins, where each came from and its hooks")
     _add_config(p)
@@ -418,7 +470,7 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
 def _plugin_handler(command: Any) -> Any:
     def handler(args: argparse.Namespace) -> int:
         try:
-            settings = load_settings(_config_path(args))
+            settings = load_settings(_config_path(args), need_password=False)
             _quiet_logs(settings)
             app = build_app(settings)
         except ConfigError as err:

@@ -264,26 +264,40 @@ class Settings:
 CORE_SECTIONS: Final = ("gateway", "store", "log", "plugins", "replies", "metrics")
 
 
-def load_settings(path: str | os.PathLike[str]) -> Settings:
-    """Read and validate a configuration file; raise ConfigError listing every problem."""
+def load_settings(path: str | os.PathLike[str], *, need_password: bool = True) -> Settings:
+    """Read and validate a configuration file; raise ConfigError listing every problem.
+
+    Commands that never call the gateway (status, simulate, replay) pass
+    ``need_password=False``: a missing password is then not a problem.
+    """
     file = str(path)
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            content = handle.read()
+        data = tomllib.loads(content.decode("utf-8-sig"))
     except OSError as err:
         raise ConfigError([f"{file}: cannot read the file: {err.strerror or err}"]) from None
+    except UnicodeDecodeError as err:
+        line = content.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            [f"{file}: line {line}: not UTF-8 text: save the file as UTF-8 (TOML requires it)"]
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{file}: not valid TOML: {err}"]) from None
-    return settings_from_dict(data, source=file)
+    return settings_from_dict(data, source=file, need_password=need_password)
 
 
 def settings_from_dict(
-    data: Mapping[str, Any], *, source: str = "<config>", environ: Mapping[str, str] | None = None
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    need_password: bool = True,
 ) -> Settings:
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     root = Table(data, file=source, prefix="", problems=problems)
-    gateway = _gateway(root.get_table("gateway"), environ)
+    gateway = _gateway(root.get_table("gateway"), environ, need_password)
     store = _store(root.get_table("store"), environ)
     log = _log(root.get_table("log"))
     plugins = _plugins(root.get_table("plugins"))
@@ -317,7 +331,7 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def _gateway(table: Table, environ: Mapping[str, str]) -> GatewaySettings:
+def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> GatewaySettings:
     base_urls = tuple(url.rstrip("/") for url in table.get_str_list("base_urls", []))
     if not base_urls:
         table.error(
@@ -337,7 +351,7 @@ def _gateway(table: Table, environ: Mapping[str, str]) -> GatewaySettings:
     name = table.get_str("name", "")
     if not name:
         table.error("name", "is required: the enterprise account's login name")
-    password = _password(table, environ)
+    password = _password(table, environ, need_password)
     encoding = table.get_str("encoding", "gbk")
     try:
         codecs.lookup(encoding)
@@ -378,11 +392,13 @@ def _gateway(table: Table, environ: Mapping[str, str]) -> GatewaySettings:
     return settings
 
 
-def _password(table: Table, environ: Mapping[str, str]) -> str:
+def _password(table: Table, environ: Mapping[str, str], needed: bool) -> str:
     inline = table.get_str("password", "")
     password_file = table.get_path("password_file", "")
     if inline and password_file:
         table.error("password", "set either gateway.password or gateway.password_file, not both")
+    if not needed:
+        return environ.get(PASSWORD_ENV) or inline
     if environ.get(PASSWORD_ENV):
         return environ[PASSWORD_ENV]
     if inline:

@@ -33,7 +33,10 @@ from responder.app import App, build_app
 from responder.config import ConfigError, Settings, load_settings
 from responder.gateway import LoginError, OutcomeUnknown, TransientError
 from responder.logs import configure_logging
+from responder.metrics import MetricsServer, start_metrics
+from responder.notify import Notifier, monotonic_usec
 from responder.store import Store, StoreError
+from responder.supervision import Supervisor
 
 MAX_READ_BACKOFF: Final = 300.0
 WORK_TICK: Final = 1.0
@@ -105,7 +108,7 @@ class Daemon:
         self._initial_settings = settings
         self.clock = clock
         self.extra_plugins = extra_plugins
-        self.notify: Notify = notify or (lambda _line: None)
+        self.notify: Notify = notify or Notifier.from_environ()
         self.configure_logs = configure_logs
         self.stopping = threading.Event()
         self.exit_code = 0
@@ -120,6 +123,8 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self.jobs: dict[str, LoopJob] = {}
         self.last_read_ok: float | None = None
+        self.supervisor = Supervisor(self)
+        self.metrics: MetricsServer | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -149,6 +154,8 @@ class Daemon:
         app = build_app(
             settings, store=self.store, clock=self.clock, extra_plugins=self.extra_plugins
         )
+        if settings.metrics.listen:
+            self.metrics = start_metrics(settings, lambda: self.app, self.supervisor.reads)
         recovered = sender.recover_in_flight(app)
         self._install(app)
         self._scheduler = BackgroundScheduler(
@@ -156,10 +163,11 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(max_workers=8)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        wrap = self.supervisor.wrap
         self.jobs = {
-            "read": LoopJob(self, "read", self._read_step),
-            "process": LoopJob(self, "process", self._process_step),
-            "send": LoopJob(self, "send", self._send_step),
+            "read": LoopJob(self, "read", wrap("read", self._read_step)),
+            "process": LoopJob(self, "process", wrap("process", self._process_step)),
+            "send": LoopJob(self, "send", wrap("send", self._send_step)),
         }
         wait = app.gateway.read_gate.seconds_left()
         self._scheduler.add_job(
@@ -176,6 +184,7 @@ class Daemon:
                 next_run_time=self._utc_in(0),
             )
         self._schedule_plugin_jobs(app)
+        self.supervisor.schedule(self._scheduler)
         self._scheduler.start()
         log.info(
             "daemon_started",
@@ -185,7 +194,7 @@ class Daemon:
             recovered_sends=recovered,
             store=str(settings.store.path),
         )
-        self.notify("READY=1")
+        # READY=1 follows the first read's answer (Supervisor.read_answered).
 
     def _install(self, app: App) -> None:
         app.on_queued = lambda: self.kick("send")
@@ -228,6 +237,8 @@ class Daemon:
         if not finished:
             busy = [name for name, job in self.jobs.items() if job.busy]
             log.warning("stopped_with_work_in_flight", jobs=busy)
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.app is not None:
             self.app.plugins.hook.responder_shutdown(app=self.app)
             self.app.close()
@@ -241,7 +252,7 @@ class Daemon:
         if self.config_path is None:
             log.warning("reload_unsupported", reason="no configuration file")
             return False
-        self.notify("RELOADING=1")
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}")
         try:
             try:
                 settings = load_settings(self.config_path)
@@ -348,6 +359,7 @@ class Daemon:
         try:
             sms = app.gateway.read_one()
         except LoginError as err:
+            self.supervisor.read_answered("error", f"login refused: {err}")
             self.login_failed = True
             log.error(
                 "login_refused",
@@ -363,15 +375,31 @@ class Daemon:
             )
             self._read_backoff_until = app.time() + delay
             event = "read_answer_lost" if isinstance(err, OutcomeUnknown) else "read_failed"
+            self.supervisor.read_answered("error", str(err))
             log.warning(
                 event, error=str(err), retry_in=round(delay, 1), failures=self._read_failures
             )
             return False
+        except Exception as err:
+            self.supervisor.read_answered("error", f"unexpected {type(err).__name__}")
+            raise
         self._read_failures = 0
         self.last_read_ok = app.time()
         if sms is None:
+            self.supervisor.read_answered("empty")
             return False
-        message = app.store.journal(sms)
+        try:  # before anything else writes: the server will not return this message again
+            message = app.store.journal(sms)
+        except (StoreError, sqlite3.Error):
+            log.critical(
+                "message_not_journaled",
+                gateway_id=sms.gateway_id,
+                src=sms.src,
+                raw=sms.raw,
+                action="the store cannot be written: re-enter this message by hand",
+            )
+            raise
+        self.supervisor.read_answered("message")
         if message is None:
             log.warning("message_duplicate", gateway_id=sms.gateway_id)
         else:

@@ -145,15 +145,16 @@ class GatewayClient:
     def read_one(self) -> InboundSms | None:
         """Read one unread inbound SMS, or None when there is none.
 
-        Waits out the read interval first. Raises LoginError, or TransientError (a read
-        whose answer was lost may have consumed a message on the server).
+        Waits out the read interval first. Raises LoginError, or TransientError; its
+        subclass OutcomeUnknown when no answer came back, so the read may have consumed
+        a message on the server.
         """
         self.read_gate.wait()
         self.read_gate.mark()
         try:
             fields, raw = self._call("readsms.aspx", self._auth(), sending=False)
         finally:
-            self.read_gate.mark()
+            self._mark_read_end()
         if is_login_failure(fields):
             raise LoginError(f"the gateway refused the login: {fields.get('err', '')}")
         try:
@@ -169,6 +170,14 @@ class GatewayClient:
         if sms is None and fields.get("err", NOTHING_UNREAD) != NOTHING_UNREAD:
             log.info("gateway_read_empty", err=fields.get("err", ""))
         return sms
+
+    def _mark_read_end(self) -> None:
+        """Record the end of a read; failing to must not lose the answer (it may hold a
+        message the server will not return again): the caller's next write reports it."""
+        try:
+            self.read_gate.mark()
+        except Exception as err:
+            log.warning("read_time_not_saved", error=str(err))
 
     # -- sends -----------------------------------------------------------------------
 
@@ -251,9 +260,9 @@ class GatewayClient:
                 log.warning("gateway_unreachable", where=where, reason=_reason(err))
                 continue
             except httpx.HTTPError as err:
+                # The request left: a send may have gone out, a read may have consumed a message.
                 self._preferred = (index + 1) % len(self.settings.base_urls)
-                kind = OutcomeUnknown if sending else TransientError
-                raise kind(f"no answer: {_reason(err)}", where=where) from None
+                raise OutcomeUnknown(f"no answer: {_reason(err)}", where=where) from None
             if response.status_code != 200:
                 excerpt = response.text[:_EXCERPT]
                 last = TransientError(

@@ -77,7 +77,9 @@ def responder_reply(app: App, message: Message) -> Reply | None:
     Called for each message that passed the filters. Return a ``Reply`` to answer it, or
     None to leave it to the next plugin. The first Reply returned wins: the remaining
     plugins are not asked. A Reply with empty text answers with silence (no SMS, and no
-    other plugin is asked).
+    other plugin is asked). A plugin that will answer later, through
+    ``app.reply_later``, returns ``Reply(text="", meta=(("deferred", "<who>"),))``: the
+    message is then recorded as "awaiting <who>".
     """
 
 

@@ -61,6 +61,12 @@ class Redactor:
         # Longest first, so a secret that contains another is removed whole.
         self._needles = tuple(sorted(needles, key=len, reverse=True))
 
+    def add_secrets(self, secrets: Iterable[str], encodings: Iterable[str] = ("gbk",)) -> None:
+        """Redact these too, keeping the secrets already set (``set_secrets`` replaces them)."""
+        kept = self._needles
+        self.set_secrets(secrets, encodings)
+        self._needles = tuple(sorted({*kept, *self._needles}, key=len, reverse=True))
+
     def __call__(self, text: str) -> str:
         for needle in self._needles:
             if needle in text:

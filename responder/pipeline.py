@@ -19,6 +19,8 @@ from responder.text import SMS_LIMIT, clean_control, fit_parts, make_encodable
 
 log = structlog.get_logger("responder.pipeline")
 
+NO_RECIPIENT = "no number to reply to (the message has no sender number)"
+
 
 @dataclass(frozen=True)
 class Composed:
@@ -53,7 +55,8 @@ class Decision:
         if self.reply is None:
             return "no reply"
         if not self.composed or not self.composed.parts:
-            return "empty reply"
+            deferred = dict(self.reply.meta).get("deferred")
+            return f"awaiting {deferred}" if deferred else "empty reply"
         return ""
 
 
@@ -131,16 +134,23 @@ def decide(app: App, message: Message) -> Decision:
     checked = before_send(app, message, reply)
     if isinstance(checked, Veto):
         return Decision(message=message, reply=reply, vetoed=checked.reason)
+    if not recipients(message, checked):
+        return Decision(message=message, reply=reply, vetoed=NO_RECIPIENT)
     return Decision(
         message=message, reply=reply, final=checked, composed=compose(app, checked.text)
     )
 
 
+def recipients(message: Message, reply: Reply) -> tuple[str, ...]:
+    """The numbers a reply goes to: its own, or the message's sender; blanks left out."""
+    return tuple(n.strip() for n in reply.to or (message.src,) if n.strip())
+
+
 def outgoing(message: Message, reply: Reply, composed: Composed) -> list[OutgoingSms]:
-    recipients = reply.to or (message.src,)
+    to = recipients(message, reply)
     count = len(composed.parts)
     return [
-        OutgoingSms(recipients=recipients, text=part, part=index, parts=count, plugin=reply.plugin)
+        OutgoingSms(recipients=to, text=part, part=index, parts=count, plugin=reply.plugin)
         for index, part in enumerate(composed.parts, start=1)
     ]
 
@@ -186,6 +196,10 @@ def queue_late_reply(app: App, message: Message, reply: Reply) -> bool:
     if isinstance(checked, Veto):
         bound.info("reply_vetoed", reason=checked.reason)
         app.store.note_reason(message.id, checked.reason)
+        return False
+    if not recipients(message, checked):
+        bound.info("reply_vetoed", reason=NO_RECIPIENT)
+        app.store.note_reason(message.id, NO_RECIPIENT)
         return False
     composed = compose(app, checked.text)
     if not composed.parts:

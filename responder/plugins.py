@@ -146,7 +146,8 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
         self.problems: list[str] = []
-        self.calls = HookCalls(trace=bool(environ.get(TRACE_ENV)))
+        trace = environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+        self.calls = HookCalls(trace=trace)
         allowed = environ.get(LOAD_PLUGINS_ENV)
         self._allowed = None if allowed is None else {n.strip() for n in allowed.split(",") if n}
         chosen = settings.plugins if settings is not None else None

@@ -26,10 +26,11 @@ def parse_body(body: str) -> dict[str, str]:
 
     Tolerates a trailing newline or spaces, keys in any order, empty values and unknown
     keys. Values are taken raw (not percent-decoded), as live servers send them; a value
-    may itself contain ``=``. Raises MalformedBody when the text is not such a line.
+    may itself contain ``=`` or a line break (a customer's multi-line SMS). Raises
+    MalformedBody when the text is not such a line.
     """
     line = body.strip().lstrip("\ufeff")
-    if not line or "\n" in line:
+    if not line:
         raise MalformedBody("not a key=value line")
     fields: dict[str, str] = {}
     last_key = None

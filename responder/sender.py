@@ -72,6 +72,9 @@ def send_row(app: App, row: OutboxRow) -> Delivery:
     except TransientError as err:
         delivery = _retry(app, row, attempt, str(err), None)
         bound.warning("send_failed", error=str(err), status=delivery.status)
+    except ValueError as err:  # nothing to send (no recipient): retrying cannot help
+        delivery = _dead(app, row, attempt, f"cannot be sent: {err}", None)
+        bound.error("send_impossible", error=str(err))
     else:
         if result.ok:
             app.store.record_sent(row.id, raw=result.raw, errid=result.errid)

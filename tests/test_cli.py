@@ -160,3 +160,12 @@ def test_demo_runs_the_pipeline_and_exits_0():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "→ 13800138000: CX" in result.stdout
     assert "0 too fast" in result.stdout
+
+
+def test_commands_that_never_call_the_gateway_need_no_password(sandbox, tmp_path):
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    del data["gateway"]["password"]
+    config = write_config(tmp_path / "config.toml", data)
+    assert responder("simulate", "-c", str(config), "--json", "CX").returncode == 0
+    assert responder("plugins", "-c", str(config)).returncode == 0
+    assert responder("check", "-c", str(config)).returncode == 2
