@@ -153,6 +153,19 @@ def _outbox(row: sqlite3.Row) -> OutboxRow:
     )
 
 
+def _insert_outbox(
+    tx: sqlite3.Connection, message_id: int, outgoing: Sequence[OutgoingSms], now: float
+) -> None:
+    tx.executemany(
+        "INSERT INTO outbox (message_id, recipients, text, part, parts, plugin,"
+        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (message_id, ",".join(o.recipients), o.text, o.part, o.parts, o.plugin, now, now)
+            for o in outgoing
+        ],
+    )
+
+
 class Store:
     """The SQLite store. Safe to use from several threads: each gets its own connection."""
 
@@ -357,23 +370,7 @@ class Store:
         now = self.clock()
         state = state or (PROCESSED if outgoing else IGNORED)
         with self.transaction() as tx:
-            tx.executemany(
-                "INSERT INTO outbox (message_id, recipients, text, part, parts, plugin,"
-                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        message_id,
-                        ",".join(o.recipients),
-                        o.text,
-                        o.part,
-                        o.parts,
-                        o.plugin,
-                        now,
-                        now,
-                    )
-                    for o in outgoing
-                ],
-            )
+            _insert_outbox(tx, message_id, outgoing, now)
             tx.execute(
                 "UPDATE messages SET state = ?, reason = ?, plugin = ?, processed_at = ?"
                 " WHERE id = ? AND state = ?",
@@ -384,23 +381,7 @@ class Store:
         """Queue further replies to an already processed message (answers that came later)."""
         now = self.clock()
         with self.transaction() as tx:
-            tx.executemany(
-                "INSERT INTO outbox (message_id, recipients, text, part, parts, plugin,"
-                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        message_id,
-                        ",".join(o.recipients),
-                        o.text,
-                        o.part,
-                        o.parts,
-                        o.plugin,
-                        now,
-                        now,
-                    )
-                    for o in outgoing
-                ],
-            )
+            _insert_outbox(tx, message_id, outgoing, now)
             tx.execute(
                 "UPDATE messages SET state = ? WHERE id = ? AND state IN (?, ?, ?)",
                 (PROCESSED, message_id, IGNORED, REPLIED, PROCESSED),
@@ -418,12 +399,6 @@ class Store:
             (PENDING, self.clock(), limit),
         )
         return [_outbox(row) for row in rows]
-
-    def next_due_at(self) -> float | None:
-        rows = self.query(
-            "SELECT MIN(next_attempt_at) AS due FROM outbox WHERE state = ?", (PENDING,)
-        )
-        return rows[0]["due"]
 
     def claim_send(self, row_id: int) -> int:
         """Mark a row as being sent, before the request leaves; returns the attempt number.
@@ -491,14 +466,6 @@ class Store:
     def outbox_for(self, message_id: int) -> list[OutboxRow]:
         rows = self.query("SELECT * FROM outbox WHERE message_id = ? ORDER BY id", (message_id,))
         return [_outbox(row) for row in rows]
-
-    def replies_sent_to(self, number: str, since: float) -> int:
-        """How many SMS were queued to a number since a moment (for rate limits)."""
-        rows = self.query(
-            "SELECT COUNT(*) AS n FROM outbox WHERE recipients = ? AND created_at >= ?",
-            (number, since),
-        )
-        return rows[0]["n"]
 
     # -- status ----------------------------------------------------------------------
 
