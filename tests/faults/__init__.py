@@ -1,0 +1,1 @@
+"""Fault injection: the daemon as a subprocess against a misbehaving gateway and store."""
