@@ -40,6 +40,7 @@ from responder.supervision import Supervisor
 
 MAX_READ_BACKOFF: Final = 300.0
 WORK_TICK: Final = 1.0
+LINGER: Final = 0.2
 STOP_TIMEOUT: Final = 8.0
 
 log = structlog.get_logger("responder.daemon")
@@ -48,7 +49,11 @@ Notify = Callable[[str], None]
 
 
 class LoopJob:
-    """A scheduler job that repeats its step while there is work, and can be woken early."""
+    """A scheduler job that repeats its step while there is work, and can be woken early.
+
+    When it runs out of work it lingers a moment for a kick before it ends: in a steady
+    stream of messages that is far cheaper than a scheduler round-trip per message.
+    """
 
     def __init__(self, daemon: Daemon, name: str, step: Callable[[], bool]) -> None:
         self.daemon = daemon
@@ -56,20 +61,22 @@ class LoopJob:
         self.step = step
         self._lock = threading.Lock()
         self._running = False
-        self._again = False
+        self._kicked = threading.Event()
 
     def __call__(self) -> None:
         with self._lock:
             self._running = True
         try:
             while not self.daemon.stopping.is_set():
-                self._again = False
+                self._kicked.clear()
                 while not self.daemon.stopping.is_set() and self.daemon.guarded(
                     self.name, self.step
                 ):
                     pass
+                if self._kicked.wait(LINGER):
+                    continue
                 with self._lock:
-                    if not self._again:
+                    if not self._kicked.is_set():
                         self._running = False
                         return
         finally:
@@ -80,7 +87,7 @@ class LoopJob:
         """Run now, or once more after the current run, without piling up runs."""
         with self._lock:
             if self._running:
-                self._again = True
+                self._kicked.set()
                 return
         self.daemon.run_now(self.name)
 

@@ -70,8 +70,10 @@ class LoginError(GatewayError):
 class ReadGate:
     """Keeps readsms calls at least ``interval`` seconds apart, across restarts.
 
-    The time of the last call is given at start-up (from the store) and reported through
-    ``on_read`` both when a call starts and when it ends, so a crash mid-call still counts.
+    The platform counts the interval between calls. ``begin`` reports each call's start
+    through ``on_read`` before the request leaves (the store keeps it, so a restart waits
+    out the rest); ``end`` notes when the answer came, in memory only, so that within a
+    process the next call waits a full interval after a slow answer too.
     """
 
     def __init__(
@@ -100,10 +102,13 @@ class ReadGate:
         while (left := self.seconds_left()) > 0:
             self._sleep(left)
 
-    def mark(self) -> None:
+    def begin(self) -> None:
         self.last_read = self._clock()
         if self._on_read is not None:
             self._on_read(self.last_read)
+
+    def end(self) -> None:
+        self.last_read = self._clock()
 
 
 def is_login_failure(fields: dict[str, str]) -> bool:
@@ -150,11 +155,11 @@ class GatewayClient:
         a message on the server.
         """
         self.read_gate.wait()
-        self.read_gate.mark()
+        self.read_gate.begin()
         try:
             fields, raw = self._call("readsms.aspx", self._auth(), sending=False)
         finally:
-            self._mark_read_end()
+            self.read_gate.end()
         if is_login_failure(fields):
             raise LoginError(f"the gateway refused the login: {fields.get('err', '')}")
         try:
@@ -170,14 +175,6 @@ class GatewayClient:
         if sms is None and fields.get("err", NOTHING_UNREAD) != NOTHING_UNREAD:
             log.info("gateway_read_empty", err=fields.get("err", ""))
         return sms
-
-    def _mark_read_end(self) -> None:
-        """Record the end of a read; failing to must not lose the answer (it may hold a
-        message the server will not return again): the caller's next write reports it."""
-        try:
-            self.read_gate.mark()
-        except Exception as err:
-            log.warning("read_time_not_saved", error=str(err))
 
     # -- sends -----------------------------------------------------------------------
 

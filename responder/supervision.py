@@ -108,6 +108,7 @@ class Supervisor:
         self.ready = False
         self.read_errors = 0
         """Failed reads in a row."""
+        self._read_ok_saved_at = float("-inf")
         self.last_error = ""
         self._withheld: str | None = None
 
@@ -143,8 +144,11 @@ class Supervisor:
         else:
             self.read_errors = 0
             self.last_error = ""
-            if app is not None:
-                app.store.set_last_read_ok_at(app.time())
+            # Saved for `responder status` at most once a second: a busy stream of reads
+            # must not pay a write each.
+            if app is not None and app.time() - self._read_ok_saved_at >= 1.0:
+                self._read_ok_saved_at = app.time()
+                app.store.set_last_read_ok_at(self._read_ok_saved_at)
         if not self.ready:
             self.ready = True
             if result == "error":

@@ -205,12 +205,22 @@ def test_read_gate_never_waits_longer_than_one_interval_when_the_clock_went_back
     assert gate.seconds_left() == 6.0
 
 
-def test_read_gate_reports_each_read_for_persistence():
+def test_read_gate_reports_each_read_start_for_persistence():
     clock = Clock()
     seen: list[float] = []
     gate = ReadGate(6.0, clock=clock, on_read=seen.append)
-    gate.mark()
+    gate.begin()
     assert seen == [clock.now]
+
+
+def test_read_gate_waits_a_full_interval_after_a_slow_answer():
+    clock = Clock()
+    gate = ReadGate(6.0, clock=clock)
+    gate.begin()
+    clock.advance(4)  # the answer took 4 s
+    gate.end()
+    clock.advance(5)
+    assert gate.seconds_left() == 1.0
 
 
 @pytest.mark.parametrize("method", ["post", "get"])
