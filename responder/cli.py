@@ -132,10 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreError as err:
         print(f"{path}: store.path: {err}", file=sys.stderr)
         return 1
-    if not daemon.stopping.is_set() or code:
-        return code
-    # Threads still in a hung request would hold the interpreter open: their work is
-    # committed or will be retried, so leave now.
+    # A thread still in a hung request would hold the interpreter open; what it did is
+    # committed or will be retried, so leave without waiting for it.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
