@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from responder.config import ConfigError, Settings, load_settings
+from responder.config import ConfigError, Settings
 from responder.gateway import GatewayClient, ReadGate
 from responder.models import PLATFORM_TZ, Message, Reply
 from responder.plugins import PluginHost
@@ -119,7 +119,3 @@ def build_app(
         clock=clock,
         dry_run=dry_run,
     )
-
-
-def load_app(path: str, **kwargs: Any) -> App:
-    return build_app(load_settings(path), **kwargs)

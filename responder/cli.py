@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -111,6 +110,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         except GatewayError as err:
             print(f"send failed: {err}", file=sys.stderr)
             return 1
+        except ValueError as err:
+            print(f"send: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     print(f"ok:       {result.ok}")
     print(f"num:      {result.num}")
     print(f"accepted: {', '.join(result.accepted) or '-'}")
@@ -152,9 +154,10 @@ def _simulation_app(args: argparse.Namespace) -> tuple[App | None, int]:
         return None, _problems(err.problems)
     _quiet_logs(settings)
     path = settings.store.path
-    store_path = path if path.exists() else Path(tempfile.mkdtemp()) / "simulate.db"
+    # Without a store yet (no opt-outs, no history), an empty one in memory will do.
+    store = Store(path if path.exists() else ":memory:")
     try:
-        return build_app(settings, store=Store(store_path), dry_run=True), 0
+        return build_app(settings, store=store, dry_run=True), 0
     except ConfigError as err:
         return None, _problems(err.problems)
 
@@ -375,12 +378,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def plugin_commands() -> CommandRegistry:
     """Commands added by built-in and entry-point plugins."""
-    registry = CommandRegistry()
+    registry = CommandRegistry(reserved=CORE_COMMANDS)
     host = PluginHost(None, include_configured=False)
     for plugin, function in host.implementations("responder_register_commands"):
         registry.plugin = plugin
-        function(commands=registry)
+        try:
+            function(commands=registry)
+        except ValueError as err:  # a name already taken: the plugin's command is left out
+            print(f"plugin {plugin!r}: {err}", file=sys.stderr)
     return registry
+
+
+CORE_COMMANDS = (
+    "demo", "run", "check", "sandbox", "send", "simulate", "replay", "status", "unit", "plugins",
+)  # fmt: skip
 
 
 def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentParser:
@@ -483,6 +494,7 @@ def _plugin_handler(command: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_logs()  # until a command configures its own: loading plugins may already log
     parser = build_parser(plugin_commands())
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -23,9 +23,10 @@ class Command:
 class CommandRegistry:
     """Collects commands from ``responder_register_commands``."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: tuple[str, ...] = ()) -> None:
         self.commands: dict[str, Command] = {}
         self.plugin = ""
+        self._reserved = reserved
 
     def add(
         self,
@@ -36,7 +37,7 @@ class CommandRegistry:
         setup: Callable[[argparse.ArgumentParser], None] | None = None,
     ) -> None:
         """Add ``responder NAME``; ``run(app, args)`` gets an App built from ``-c FILE``."""
-        if name in self.commands:
+        if name in self.commands or name in self._reserved:
             raise ValueError(f"the command {name!r} is already taken")
         self.commands[name] = Command(
             name=name, help=help, run=run, setup=setup, plugin=self.plugin

@@ -154,10 +154,14 @@ class Table:
         value = self._get(key, default, (str,), "a path")
         if value is None or value == "":
             return None
+        return self.resolve(value)
+
+    def resolve(self, value: str) -> Path:
+        """A path from the configuration: a relative one is relative to the file's folder."""
         path = Path(value).expanduser()
-        if not path.is_absolute() and self.file and Path(self.file).name != self.file:
-            return Path(self.file).parent / path
-        return path
+        if path.is_absolute() or self.file.startswith("<"):  # "<config>": not from a file
+            return path
+        return Path(self.file).parent / path
 
     def get_table(self, key: str) -> Table:
         value = self._get(key, {}, (dict,), "a table")
@@ -447,10 +451,7 @@ def _plugins(table: Table) -> PluginSettings:
         enabled=enabled,
         disabled=table.get_str_list("disabled", []),
         modules=table.get_str_list("modules", []),
-        paths=tuple(
-            Path(p) if Path(p).is_absolute() or not table.file else Path(table.file).parent / p
-            for p in table.get_str_list("paths", [])
-        ),
+        paths=tuple(table.resolve(p) for p in table.get_str_list("paths", [])),
     )
     table.finish()
     return settings

@@ -163,8 +163,8 @@ class Daemon:
         )
         if settings.metrics.listen:
             self.metrics = start_metrics(settings, lambda: self.app, self.supervisor.reads)
-        recovered = sender.recover_in_flight(app)
         self._install(app)
+        recovered = sender.recover_in_flight(app)
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=8)},
@@ -248,7 +248,8 @@ class Daemon:
             self.metrics.stop()
         if self.app is not None:
             self.app.plugins.hook.responder_shutdown(app=self.app)
-            self.app.close()
+            if finished:  # closing the client under a read would lose the message it brings
+                self.app.close()
         if self.store is not None and finished:
             self.store.close()
         log.info("daemon_stopped", clean=finished)
@@ -269,14 +270,16 @@ class Daemon:
             except ConfigError as err:
                 log.error("reload_rejected", problems=err.problems, keeping="the running config")
                 return False
-            # No step starts while paused; the ones running finish with the old app.
+            # No step starts while paused; the ones running finish with the old app. A read
+            # takes at most one request once paused, so waiting that long is enough.
             self._paused.set()
             try:
-                self._wait_idle(STOP_TIMEOUT)
                 old = self.app
                 assert old is not None and self._scheduler is not None
+                idle = self._wait_idle(old.settings.gateway.timeout * 2 + STOP_TIMEOUT)
                 old.plugins.hook.responder_shutdown(app=old)
-                old.close()
+                if idle:  # else a stuck request still uses the old client: leave it open
+                    old.close()
                 for job in old.jobs:
                     self._scheduler.remove_job(f"plugin:{job.name}")
                 self._configure_logs(settings)
@@ -363,6 +366,8 @@ class Daemon:
         left = app.gateway.read_gate.seconds_left()
         if left > 0 and self.stopping.wait(left):
             return False
+        if self._paused.is_set():  # a reload began while this step waited
+            return False
         try:
             sms = app.gateway.read_one()
         except LoginError as err:
@@ -378,7 +383,8 @@ class Daemon:
         except TransientError as err:
             self._read_failures += 1
             delay = min(
-                app.settings.gateway.poll_interval * 2**self._read_failures, MAX_READ_BACKOFF
+                app.settings.gateway.poll_interval * 2 ** min(self._read_failures, 16),
+                MAX_READ_BACKOFF,
             )
             self._read_backoff_until = app.time() + delay
             event = "read_answer_lost" if isinstance(err, OutcomeUnknown) else "read_failed"

@@ -301,7 +301,11 @@ def _reason(err: Exception) -> str:
 
 
 def merge_results(results: Sequence[SendResult]) -> SendResult:
-    """Several requests' results as one: numbers count as accepted only if every part was."""
+    """Several requests' results as one.
+
+    ``num`` is the total only when every request was accepted, else 0: ``ok`` means
+    everything went out. A number counts as accepted only if no request refused it.
+    """
     if len(results) == 1:
         return results[0]
     refused = tuple(dict.fromkeys(n for r in results for n in r.refused))
@@ -309,7 +313,7 @@ def merge_results(results: Sequence[SendResult]) -> SendResult:
     failed = [r for r in results if not r.ok]
     worst = failed[0] if failed else results[-1]
     return SendResult(
-        num=sum(r.num for r in results),
+        num=0 if failed else sum(r.num for r in results),
         accepted=accepted,
         refused=refused,
         errid=worst.errid,

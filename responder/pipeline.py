@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from dataclasses import dataclass
 
 import structlog
@@ -14,7 +15,7 @@ import structlog
 from responder.app import App
 from responder.gateway import LONG_SMS_LIMIT
 from responder.models import Message, Reply, Veto
-from responder.store import FAILED, OutgoingSms
+from responder.store import FAILED, OutgoingSms, StoreError
 from responder.text import SMS_LIMIT, clean_control, fit_parts, make_encodable
 
 log = structlog.get_logger("responder.pipeline")
@@ -98,8 +99,15 @@ def before_send(app: App, message: Message, reply: Reply) -> Reply | Veto:
     return reply
 
 
-def _first_reply(app: App, message: Message) -> Reply | None:
+def first_reply(app: App, message: Message, *, skip: str = "") -> Reply | None:
+    """The first reply the plugins give, in call order; ``skip`` names a plugin not to ask.
+
+    A plugin that answers later asks the others with ``skip`` set to itself, for a
+    fallback answer.
+    """
     for plugin, function in app.plugins.implementations("responder_reply"):
+        if plugin == skip:
+            continue
         result = function(app=app, message=message)
         if result is None:
             continue
@@ -128,7 +136,7 @@ def decide(app: App, message: Message) -> Decision:
     dropped = _first_drop(app, message)
     if dropped:
         return Decision(message=message, dropped=dropped)
-    reply = _first_reply(app, message)
+    reply = first_reply(app, message)
     if reply is None or not reply.text.strip():
         return Decision(message=message, reply=reply)
     checked = before_send(app, message, reply)
@@ -146,12 +154,24 @@ def recipients(message: Message, reply: Reply) -> tuple[str, ...]:
     return tuple(n.strip() for n in reply.to or (message.src,) if n.strip())
 
 
-def outgoing(message: Message, reply: Reply, composed: Composed) -> list[OutgoingSms]:
+def outgoing(app: App, message: Message, reply: Reply, composed: Composed) -> list[OutgoingSms]:
+    """One outbox row per SMS part and per request's worth of numbers (max_recipients).
+
+    A row is one gateway request, so a retry resends exactly what failed.
+    """
     to = recipients(message, reply)
+    size = app.settings.gateway.max_recipients
     count = len(composed.parts)
     return [
-        OutgoingSms(recipients=to, text=part, part=index, parts=count, plugin=reply.plugin)
+        OutgoingSms(
+            recipients=to[start : start + size],
+            text=part,
+            part=index,
+            parts=count,
+            plugin=reply.plugin,
+        )
         for index, part in enumerate(composed.parts, start=1)
+        for start in range(0, len(to), size)
     ]
 
 
@@ -160,6 +180,8 @@ def process(app: App, message: Message) -> Decision:
     bound = log.bind(message_id=message.id, src=message.src)
     try:
         decision = decide(app, message)
+    except (StoreError, sqlite3.Error):
+        raise  # the message stays unprocessed; the daemon stops on a store failure
     except Exception as err:  # a bug in the core must not stop the queue behind this message
         bound.exception("message_failed")
         app.store.finish_message(
@@ -171,7 +193,7 @@ def process(app: App, message: Message) -> Decision:
     )
     queued = []
     if decision.final is not None and decision.composed is not None:
-        queued = outgoing(message, decision.final, decision.composed)
+        queued = outgoing(app, message, decision.final, decision.composed)
         _warn_composition(bound, decision.composed)
     app.store.finish_message(
         message.id,
@@ -205,7 +227,7 @@ def queue_late_reply(app: App, message: Message, reply: Reply) -> bool:
     if not composed.parts:
         return False
     _warn_composition(bound, composed)
-    app.store.add_replies(message.id, outgoing(message, checked, composed))
+    app.store.add_replies(message.id, outgoing(app, message, checked, composed))
     bound.info("reply_queued", parts=len(composed.parts))
     app.on_queued()
     return True

@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
+import sqlite3
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,7 @@ import structlog
 
 from responder import hookspecs
 from responder.config import ConfigSection, Settings, Table, type_name
+from responder.store import StoreError
 
 PROJECT: Final = "responder"
 BUILTINS: Final = {
@@ -78,6 +80,8 @@ def _isolated(plugin: str, hook: str, function: Callable[..., Any], calls: HookC
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             result = function(*args, **kwargs)
+        except (StoreError, sqlite3.Error):
+            raise  # the store failing is the daemon's problem, not this plugin's
         except Exception:
             calls.record_failure(plugin)
             log.exception("plugin_failed", plugin=plugin, hook=hook)
@@ -156,7 +160,8 @@ class PluginHost:
         for name in enabled:
             if name not in BUILTINS:
                 self.problems.append(
-                    f"plugins.enabled: no built-in plugin {name!r} "
+                    f"{settings.source if settings else '<config>'}: plugins.enabled: "
+                    f"no built-in plugin {name!r} "
                     f"(built-ins: {', '.join(BUILTINS)})"
                 )
             elif name not in disabled:

@@ -15,6 +15,8 @@ from responder.models import PLATFORM_TZ, InboundSms, SendResult
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 NOTHING_UNREAD = "没有未读取的短信"
+TEXT_KEY = "msg"
+"""The field that carries a customer's text, unescaped."""
 
 
 class MalformedBody(ValueError):
@@ -25,27 +27,51 @@ def parse_body(body: str) -> dict[str, str]:
     """Parse a response line into its fields.
 
     Tolerates a trailing newline or spaces, keys in any order, empty values and unknown
-    keys. Values are taken raw (not percent-decoded), as live servers send them; a value
-    may itself contain ``=`` or a line break (a customer's multi-line SMS). Raises
+    keys. Values are taken raw (not percent-decoded), as live servers send them, so a
+    customer's text may itself contain ``&``, ``=`` or line breaks, and even something
+    that looks like a field (``hi&id=0``). The text (``msg``) therefore runs from its
+    key to the last field after it: fields before it are read from the left, fields
+    after it from the right, and a key seen twice ends the reading on either side, so a
+    text can never replace the message's id, sender or any other field. Raises
     MalformedBody when the text is not such a line.
     """
     line = body.strip().lstrip("\ufeff")
     if not line:
         raise MalformedBody("not a key=value line")
+    segments = line.split("&")
+    text_at = next((i for i, seg in enumerate(segments) if seg.startswith(f"{TEXT_KEY}=")), None)
+    if text_at is None:
+        return _fields_from_left(segments)
+    head = _fields_from_left(segments[:text_at]) if text_at else {}
+    tail: dict[str, str] = {}
+    end = len(segments)
+    while end > text_at + 1:
+        pair = _pair(segments[end - 1])
+        if pair is None or pair[0] in head or pair[0] in tail or pair[0] == TEXT_KEY:
+            break
+        tail[pair[0]] = pair[1]
+        end -= 1
+    text = "&".join(segments[text_at:end])[len(TEXT_KEY) + 1 :]
+    return head | {TEXT_KEY: text} | dict(reversed(tail.items()))
+
+
+def _pair(segment: str) -> tuple[str, str] | None:
+    key, sep, value = segment.partition("=")
+    return (key.strip(), value.strip()) if sep and _KEY.match(key.strip()) else None
+
+
+def _fields_from_left(segments: list[str]) -> dict[str, str]:
+    """Fields in order; a segment that is no new ``key=value`` belongs to the value before."""
     fields: dict[str, str] = {}
     last_key = None
-    for segment in line.split("&"):
-        key, sep, value = segment.partition("=")
-        if sep and _KEY.match(key.strip()):
-            last_key = key.strip()
-            fields[last_key] = value.strip()
+    for segment in segments:
+        pair = _pair(segment)
+        if pair is not None and pair[0] not in fields:
+            last_key, fields[pair[0]] = pair
         elif last_key is not None:
-            # A raw "&" inside a value (a customer typed "A&B"): glue it back.
             fields[last_key] += "&" + segment
         else:
             raise MalformedBody(f"not a key=value pair: {segment[:40]!r}")
-    if not fields:
-        raise MalformedBody("no fields")
     return fields
 
 

@@ -33,9 +33,12 @@ def recover_in_flight(app: App) -> int:
         if app.settings.replies.on_uncertain == "resend":
             log.warning("send_outcome_unknown", outbox_id=row.id, action="resend")
             app.store.record_retry(row.id, error=error, retry_at=app.time(), uncertain=True)
+            _after_send(app, row, _delivery(row, row.attempts, "uncertain", None, error))
         else:
             log.warning("send_outcome_unknown", outbox_id=row.id, action="give_up")
-            app.store.record_dead(row.id, error=error + " (gave up: replies.on_uncertain)")
+            error += " (gave up: replies.on_uncertain)"
+            app.store.record_dead(row.id, error=error)
+            _after_send(app, row, _delivery(row, row.attempts, "dead", None, error))
     return len(rows)
 
 
@@ -60,6 +63,7 @@ def send_row(app: App, row: OutboxRow) -> Delivery:
         app.store.record_retry(
             row.id, error=str(err), retry_at=app.time() + app.settings.replies.retry_max
         )
+        _after_send(app, row, _delivery(row, attempt, "retrying", None, str(err)))
         raise
     except OutcomeUnknown as err:
         if app.settings.replies.on_uncertain == "give_up":
@@ -90,10 +94,14 @@ def send_row(app: App, row: OutboxRow) -> Delivery:
             bound.warning(
                 "send_not_accepted", err=result.err, errid=result.errid, status=delivery.status
             )
+    _after_send(app, row, delivery)
+    return delivery
+
+
+def _after_send(app: App, row: OutboxRow, delivery: Delivery) -> None:
     message = app.store.get_message(row.message_id)
     reply = Reply(text=row.text, to=row.recipients, plugin=row.plugin)
     app.plugins.hook.responder_after_send(app=app, message=message, reply=reply, delivery=delivery)
-    return delivery
 
 
 def _delivery(

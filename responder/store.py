@@ -216,11 +216,12 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (a full disk): don't hide the cause.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()
@@ -249,8 +250,9 @@ class Store:
     def migrate(self, owner: str, steps: Sequence[str]) -> None:
         """Bring a plugin's tables up to date: apply ``steps`` it has not applied yet.
 
-        Each step is one SQL script, applied in its own transaction; append new steps,
-        never change old ones. Name tables after the plugin to avoid clashes.
+        Each step is one SQL script; the steps due are applied together in one
+        transaction. Append new steps, never change old ones. Name tables after the
+        plugin to avoid clashes.
         """
         with self.transaction() as tx:
             row = tx.execute("SELECT version FROM plugin_schema WHERE owner = ?", (owner,))
@@ -366,16 +368,20 @@ class Store:
         plugin: str = "",
         state: str | None = None,
     ) -> None:
-        """Queue a message's replies and record its outcome, in one transaction."""
+        """Queue a message's replies and record its outcome, in one transaction.
+
+        Does nothing for a message already finished: its replies were queued then.
+        """
         now = self.clock()
         state = state or (PROCESSED if outgoing else IGNORED)
         with self.transaction() as tx:
-            _insert_outbox(tx, message_id, outgoing, now)
-            tx.execute(
+            updated = tx.execute(
                 "UPDATE messages SET state = ?, reason = ?, plugin = ?, processed_at = ?"
                 " WHERE id = ? AND state = ?",
                 (state, reason, plugin, now, message_id, RECEIVED),
             )
+            if updated.rowcount == 1:
+                _insert_outbox(tx, message_id, outgoing, now)
 
     def add_replies(self, message_id: int, outgoing: Sequence[OutgoingSms]) -> None:
         """Queue further replies to an already processed message (answers that came later)."""

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 SMS_LIMIT = 70
 """Characters per SMS sent through ``g70send``."""
 
-_ZWJ = "\u200d"
 _BREAK_AFTER = frozenset("。，！？；、.,!?;")
 """Punctuation a part may end with when splitting (whitespace too)."""
 _BREAK_WINDOW = 15
@@ -27,11 +26,6 @@ _NARROWEST_MARKER = len("(1/2)")
 _CONTROL = dict.fromkeys(
     [c for c in range(0x20) if c not in (0x09, 0x0A)] + [0x7F] + list(range(0x80, 0xA0))
 )
-
-
-def char_count(text: str) -> int:
-    """The length of ``text`` as the platform counts it: one per character (code point)."""
-    return len(text)
 
 
 def clean_control(text: str) -> str:

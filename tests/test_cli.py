@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from responder import __version__
 from tests.conftest import PASSWORD, config_dict, write_config
 
@@ -169,3 +171,25 @@ def test_commands_that_never_call_the_gateway_need_no_password(sandbox, tmp_path
     assert responder("simulate", "-c", str(config), "--json", "CX").returncode == 0
     assert responder("plugins", "-c", str(config)).returncode == 0
     assert responder("check", "-c", str(config)).returncode == 2
+
+
+def test_send_to_no_number_is_a_clear_error(sandbox, tmp_path):
+    config = write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path))
+    result = responder("send", "-c", str(config), " ", "-m", "hi")
+    assert result.returncode == 2
+    assert "no recipient numbers" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unknown_built_in_in_plugins_enabled_names_the_file(sandbox, tmp_path):
+    data = config_dict(sandbox, tmp_path, plugins={"enabled": ["keywords", "nope"]})
+    config = write_config(tmp_path / "config.toml", data)
+    result = responder("check", "-c", str(config))
+    assert f"{config}: plugins.enabled: no built-in plugin 'nope'" in result.stderr
+
+
+def test_a_plugin_command_cannot_take_a_core_command_name():
+    from responder.commands import CommandRegistry
+
+    registry = CommandRegistry(reserved=("status",))
+    with pytest.raises(ValueError, match="already taken"):
+        registry.add("status", help="mine", run=lambda app, args: 0)

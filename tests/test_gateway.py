@@ -248,3 +248,12 @@ def test_the_password_never_appears_in_debug_logs(sandbox, tmp_path, method):
     assert httpx.QueryParams({"pwd": PASSWORD}).get("pwd") not in output
     for encoding in ("gbk", "utf-8"):
         assert str(httpx.QueryParams({"p": PASSWORD.encode(encoding)})) not in output
+
+
+def test_a_send_in_several_requests_is_ok_only_if_every_request_was(sandbox, tmp_path):
+    numbers = ["13800138000", "13800138001", "10086", "10010"]
+    with client_for(sandbox, tmp_path, max_recipients=2) as client:
+        result = client.send(numbers, "hi")
+    assert not result.ok
+    assert result.accepted == ("13800138000", "13800138001")
+    assert result.refused == ("10086", "10010")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 
 import pytest
@@ -236,3 +237,37 @@ def test_reply_later_goes_through_before_send(sandbox, tmp_path, make_app):
     assert app.reply_later(message, Reply(text="bad")) is False
     assert app.reply_later(message, Reply(text="good", plugin="late")) is True
     assert [r.text for r in app.store.outbox_for(message.id)] == ["good"]
+
+
+def test_a_store_failure_inside_a_plugin_is_not_swallowed(sandbox, tmp_path, make_app):
+    """A suppression list that cannot be read must not let replies through: it stops."""
+
+    class BrokenStore:
+        @hookimpl
+        def responder_before_send(self, reply):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    app = make_app(
+        config_dict(sandbox, tmp_path, keywords=RULES), extra_plugins=(("broken", BrokenStore()),)
+    )
+    message = app.store.journal(inbound("CX"))
+    with pytest.raises(sqlite3.OperationalError):
+        pipeline.process(app, message)
+    assert app.store.message_state(message.id)[0] == "received"
+    assert app.store.outbox_for(message.id) == []
+
+
+def test_a_reply_to_many_numbers_is_one_outbox_row_per_request(sandbox, tmp_path, make_app):
+    numbers = tuple(f"1390013{i:04d}" for i in range(5))
+
+    class Broadcast:
+        @hookimpl
+        def responder_reply(self, message):
+            return Reply(text="通知", to=numbers)
+
+    data = config_dict(sandbox, tmp_path, gateway={"max_recipients": 2})
+    app = make_app(data, extra_plugins=(("broadcast", Broadcast()),))
+    message = app.store.journal(inbound("hi"))
+    pipeline.process(app, message)
+    rows = app.store.outbox_for(message.id)
+    assert [row.recipients for row in rows] == [numbers[0:2], numbers[2:4], numbers[4:]]

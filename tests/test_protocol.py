@@ -78,6 +78,17 @@ def test_tolerated_bodies(body, expected):
 
 
 @pytest.mark.parametrize(
+    "text",
+    ["hi&id=0", "x&src=13900000000", "x&dst=1&time=209901010000", "a&msg=b", "&err=&", "=&=&"],
+)
+def test_a_text_that_looks_like_fields_cannot_replace_them(text):
+    body = f"id=7&err=成功&src=13800138000&msg={text}&dst=0888008&time=202611261200"
+    sms = parse_read_result(parse_body(body), body)
+    assert (sms.gateway_id, sms.src, sms.dst) == (7, "13800138000", "0888008")
+    assert sms.text == text
+
+
+@pytest.mark.parametrize(
     "body",
     ["", "   \n", "<html><body>Server Error</body></html>", "OK", "<!DOCTYPE html>\n<html>"],
     ids=["empty", "blank", "html", "bare-word", "html-multiline"],

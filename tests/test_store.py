@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from responder import sender
+from responder import hookimpl, sender
 from responder.models import InboundSms
 from responder.store import (
     DEAD,
@@ -126,3 +126,39 @@ def test_status_counts_states_and_reasons(store):
     status = store.status()
     assert status.messages == {"ignored": 2, "received": 1}
     assert status.reasons == {"guard: not a mobile number": 2}
+
+
+def test_finishing_a_finished_message_queues_nothing_more(store):
+    message = store.journal(sms())
+    store.finish_message(message.id, outgoing=[OutgoingSms(("1",), "a")])
+    store.finish_message(message.id, outgoing=[OutgoingSms(("1",), "again")])
+    assert [row.text for row in store.outbox_for(message.id)] == ["a"]
+
+
+def test_a_failed_transaction_leaves_the_connection_usable(store):
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('k', NULL)")
+    store.set_meta("k", "v")
+    assert store.get_meta("k") == "v"
+
+
+@pytest.mark.parametrize(("policy", "status"), [("resend", "uncertain"), ("give_up", "dead")])
+def test_after_send_hears_about_sends_recovered_after_a_crash(
+    sandbox, tmp_path, make_app, policy, status
+):
+    seen = []
+
+    class Watcher:
+        @hookimpl
+        def responder_after_send(self, delivery):
+            seen.append(delivery.status)
+
+    app = make_app(
+        config_dict(sandbox, tmp_path, replies={"on_uncertain": policy}),
+        extra_plugins=(("watcher", Watcher()),),
+    )
+    message = app.store.journal(sms())
+    app.store.finish_message(message.id, outgoing=[OutgoingSms(("13800138000",), "ok")])
+    app.store.claim_send(app.store.due_outbox()[0].id)
+    sender.recover_in_flight(app)
+    assert seen == [status]

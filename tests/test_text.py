@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from responder.text import (
     SMS_LIMIT,
-    char_count,
     clean_control,
     fit_parts,
     make_encodable,
@@ -55,21 +54,7 @@ def is_variation_selector(ch: str) -> bool:
     return "\ufe00" <= ch <= "\ufe0f"
 
 
-# --- char_count and clean_control ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "count"),
-    [
-        ("", 0),
-        ("你好吗", 3),
-        ("abc123", 6),
-        ("【某某公司】", 6),
-        ("中a1!。", 5),
-    ],
-)
-def test_char_count_counts_one_per_character_not_per_byte(text: str, count: int) -> None:
-    assert char_count(text) == count
+# --- clean_control ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
