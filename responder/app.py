@@ -12,7 +12,7 @@ import structlog
 
 from responder.config import ConfigError, Settings
 from responder.gateway import GatewayClient, ReadGate
-from responder.models import PLATFORM_TZ, Message, Reply
+from responder.models import PLATFORM_TZ, Message, Reply, StatusSection
 from responder.plugins import PluginHost
 from responder.store import Store
 
@@ -82,7 +82,8 @@ class App:
 
         return queue_late_reply(self, message, reply)
 
-    def status_sections(self) -> list[Any]:
+    def status_sections(self) -> list[StatusSection]:
+        """What the plugins add to ``responder status`` and the metrics."""
         return [s for s in self.plugins.hook.responder_status(app=self) if s is not None]
 
     def close(self) -> None:
