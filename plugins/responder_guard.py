@@ -14,16 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from responder_keywords import normalise
-from responder_optout import canonical_number
-
 from responder import hookimpl
 from responder.config import ConfigSection, Table
 from responder.models import Message, Reply, StatusSection, Veto
+from responder.normalise import MOBILE, MOBILE_PATTERN, canonical_number, compact_number, normalise
 
 PLUGIN: Final = "guard"
-DEFAULT_MOBILE: Final = r"1[3-9]\d{9}"
-"""A mainland China mobile number (after a +86 prefix is removed)."""
 _LATE_REPLY_SLACK: Final = 86400.0
 """How long before a window a message may have been received and still be answered in it."""
 
@@ -46,7 +42,7 @@ class GuardSettings:
     """Canonical numbers; an entry ending in "*" is a prefix."""
     own_numbers: tuple[str, ...] = ()
     mobile_only: bool = True
-    mobile_pattern: re.Pattern[str] = re.compile(DEFAULT_MOBILE)
+    mobile_pattern: re.Pattern[str] = MOBILE
     pingpong_repeats: int = 3
     """The same text this many times (this message included) within ``pingpong_window``
     stops the replies; 0 = off."""
@@ -58,7 +54,7 @@ def _numbers(table: Table, key: str, *, wildcard: bool) -> tuple[str, ...]:
     for entry in table.get_str_list(key, []):
         star = wildcard and entry.endswith("*")
         digits = entry[:-1] if star else entry
-        compact = "".join(digits.split()).replace("-", "").removeprefix("+")
+        compact = compact_number(digits)
         if not compact.isdigit():
             hint = ' (a trailing "*" matches every number starting with the digits)'
             table.error(key, f"must be phone numbers{hint * wildcard}, got {entry!r}")
@@ -68,12 +64,12 @@ def _numbers(table: Table, key: str, *, wildcard: bool) -> tuple[str, ...]:
 
 
 def parse(table: Table) -> GuardSettings:
-    pattern_text = table.get_str("mobile_pattern", DEFAULT_MOBILE)
+    pattern_text = table.get_str("mobile_pattern", MOBILE_PATTERN)
     try:
         pattern = re.compile(pattern_text)
     except re.error as err:
         table.error("mobile_pattern", f"must be a regular expression: {err}")
-        pattern = re.compile(DEFAULT_MOBILE)
+        pattern = MOBILE
     return GuardSettings(
         max_replies=table.get_int("max_replies", 5, min=0),
         window=table.get_float("window", 600.0, min=1, unit="seconds"),

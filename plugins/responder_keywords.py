@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
-import sqlite3
 import string
-import unicodedata
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from zoneinfo import ZoneInfo
 from responder import hookimpl
 from responder.config import ConfigSection, Table
 from responder.models import Message, Reply, StatusSection
+from responder.normalise import display_form, is_separator, normalise
 
 PLUGIN: Final = "keywords"
 MODES: Final = ("word", "exact", "prefix", "contains", "regex")
@@ -35,13 +34,7 @@ _SCHEMA: Final = (
     " number TEXT PRIMARY KEY, message_id INTEGER NOT NULL, at REAL NOT NULL)",
 )
 
-# -- normalisation -------------------------------------------------------------------------
-
-
-def is_separator(char: str) -> bool:
-    """Whitespace or punctuation in any script (and "~"): what ends a word."""
-    return char.isspace() or char == "~" or unicodedata.category(char)[0] == "P"
-
+# -- matching helpers ----------------------------------------------------------------------
 
 _NON_WORD = re.compile(r"[\W_]")
 """Characters that may be separators: every separator is one of them."""
@@ -53,21 +46,6 @@ def first_word_end(text: str) -> int:
         if is_separator(found.group()):
             return found.start()
     return len(text)
-
-
-def display_form(text: str) -> str:
-    """The text as matched, case kept: NFKC (full-width to half-width, U+3000 to a space),
-    whitespace collapsed and trimmed, trailing punctuation removed (unless that is all)."""
-    collapsed = " ".join(unicodedata.normalize("NFKC", text).split())
-    end = len(collapsed)
-    while end and is_separator(collapsed[end - 1]):
-        end -= 1
-    return collapsed[:end] if end else collapsed
-
-
-def normalise(text: str) -> str:
-    """The form keywords and messages are compared in: ``display_form`` case-folded."""
-    return display_form(text).casefold()
 
 
 def _display_offset(display: str, key_offset: int) -> int:
@@ -545,16 +523,11 @@ def parse(table: Table) -> KeywordSettings:
 
 
 # -- store ---------------------------------------------------------------------------------
+# The table is created by responder_startup. A dry run (simulate, replay) on a store the
+# daemon never prepared has no table: reads take that as empty, and dry runs write nothing.
 
-_migrated: weakref.WeakSet[Any] = weakref.WeakSet()
 _dry_fallbacks: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
 """Fallbacks given under dry_run, per App: a simulated conversation remembers them."""
-
-
-def _ready(app: Any) -> None:
-    if app.store not in _migrated:
-        app.store.migrate(PLUGIN, _SCHEMA)
-        _migrated.add(app.store)
 
 
 def _fallback_given(app: Any, message: Message, interval: float) -> bool:
@@ -563,16 +536,12 @@ def _fallback_given(app: Any, message: Message, interval: float) -> bool:
     simulated = _dry_fallbacks.get(app, {}).get(message.src) if app.dry_run else None
     if simulated is not None and now - simulated < interval:
         return True
-    if not app.dry_run:
-        _ready(app)
-    try:
-        rows = app.store.query(
-            "SELECT 1 FROM keywords_fallback"
-            " WHERE number = ? AND at > ? AND at <= ? AND message_id != ?",
-            (message.src, now - interval, now, message.id),
-        )
-    except sqlite3.OperationalError:  # dry run on a store the daemon never prepared
-        return False
+    rows = app.store.query(
+        "SELECT 1 FROM keywords_fallback"
+        " WHERE number = ? AND at > ? AND at <= ? AND message_id != ?",
+        (message.src, now - interval, now, message.id),
+        missing_ok=True,
+    )
     return bool(rows)
 
 
@@ -590,9 +559,15 @@ def values_for(message: Message, moment: float, timezone: tzinfo, args: str) -> 
     }
 
 
-def _last_to_answer(app: Any) -> bool:
-    implementations = app.plugins.implementations("responder_reply")
-    return bool(implementations) and implementations[-1][0] == PLUGIN
+def describe(app: Any, message: Message) -> tuple[tuple[str, str], ...]:
+    """What the rules make of a message, for ``simulate``: the normalised text, the rule
+    that matches ("none" when none does) and why. Changes nothing; no fallback."""
+    settings: KeywordSettings = app.plugin_config(PLUGIN)
+    outcome = settings.matcher.match(message.text, message.dst, app.time())
+    found = outcome.match
+    if found is None:
+        return (("normalised", outcome.key), ("rule", "none"), ("why", "no rule matched"))
+    return (("normalised", outcome.key), ("rule", found.rule.name), ("why", found.why))
 
 
 @hookimpl(trylast=True)
@@ -603,7 +578,7 @@ def responder_config_section() -> ConfigSection:
 @hookimpl(trylast=True)
 def responder_startup(app: Any) -> None:
     if not app.dry_run:
-        _ready(app)
+        app.store.migrate(PLUGIN, _SCHEMA)
 
 
 @hookimpl(trylast=True)
@@ -617,20 +592,16 @@ def responder_reply(app: Any, message: Message) -> Reply | None:
         values = values_for(message, now, settings.timezone, found.args) | dict(found.groups)
         meta = (normalised, ("rule", found.rule.name), ("why", found.why))
         return Reply(text=found.rule.reply.render(values), meta=meta)
-    if settings.fallback is not None:
-        interval = settings.fallback_interval
-        if interval and _fallback_given(app, message, interval):
-            why = f"no rule matched; a fallback went to this number less than {interval:g} s ago"
-            return Reply(text="", meta=(normalised, ("rule", "fallback"), ("why", why)))
-        if app.dry_run:
-            _dry_fallbacks.setdefault(app, {})[message.src] = now
-        text = settings.fallback.render(values_for(message, now, settings.timezone, ""))
-        return Reply(text=text, meta=(normalised, ("rule", "fallback"), ("why", "no rule matched")))
-    if app.dry_run and _last_to_answer(app):
-        # Silence and None mean the same when no plugin is asked after this one; the
-        # empty reply lets ``simulate`` show the normalised text.
-        return Reply(text="", meta=(normalised, ("rule", "none"), ("why", "no rule matched")))
-    return None
+    if settings.fallback is None:
+        return None
+    interval = settings.fallback_interval
+    if interval and _fallback_given(app, message, interval):
+        why = f"no rule matched; a fallback went to this number less than {interval:g} s ago"
+        return Reply(text="", meta=(normalised, ("rule", "fallback"), ("why", why)))
+    if app.dry_run:
+        _dry_fallbacks.setdefault(app, {})[message.src] = now
+    text = settings.fallback.render(values_for(message, now, settings.timezone, ""))
+    return Reply(text=text, meta=(normalised, ("rule", "fallback"), ("why", "no rule matched")))
 
 
 @hookimpl(trylast=True)
@@ -639,7 +610,6 @@ def responder_observe(app: Any, message: Message, reply: Reply | None) -> None:
         return
     if ("rule", "fallback") not in reply.meta:
         return
-    _ready(app)
     with app.store.transaction() as tx:
         tx.execute(
             "INSERT INTO keywords_fallback (number, message_id, at) VALUES (?, ?, ?)"

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from responder_keywords import is_separator, normalise
-
 from responder import hookimpl
 from responder.config import ConfigSection, Table
 from responder.models import PLATFORM_TZ, Message, Reply, StatusSection, Veto
+from responder.normalise import canonical_number, compact_number, is_separator, normalise
 
 PLUGIN: Final = "optout"
 DEFAULT_WORDS: Final = ("TD", "T", "N", "R", "退订", "取消", "拒收", "STOP", "UNSUBSCRIBE")
@@ -49,15 +48,6 @@ class OptoutSettings:
     confirmation: str
     """Sent once when a number opts out; empty = none."""
     resubscribed: str
-
-
-def canonical_number(number: str) -> str:
-    """A phone number as the list keys it: digits only, without a +86 / 0086 / 86 prefix."""
-    digits = "".join(char for char in number if char.isdigit())
-    for prefix in ("0086", "86"):
-        if digits.startswith(prefix) and len(digits) == len(prefix) + 11 and digits[-11] == "1":
-            return digits[len(prefix) :]
-    return digits
 
 
 def starts_with_word(key: str, words: tuple[str, ...]) -> str | None:
@@ -94,32 +84,31 @@ def parse(table: Table) -> OptoutSettings:
 
 
 # -- the list ------------------------------------------------------------------------------
+# The table is created by responder_startup and by the optout command. A dry run
+# (simulate, replay, status) on a store the daemon never prepared has no table: reads take
+# that as an empty list, and dry runs write nothing.
 
-_migrated: weakref.WeakSet[Any] = weakref.WeakSet()
 _simulated: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 """Opt-outs (True) and resubscriptions (False) seen under dry_run, per App, so that a
 simulated conversation remembers them while the store stays untouched."""
 
 
-def _ready(app: Any) -> None:
-    if app.store not in _migrated:
-        app.store.migrate(PLUGIN, _SCHEMA)
-        _migrated.add(app.store)
+def _create_table(app: Any) -> None:
+    app.store.migrate(PLUGIN, _SCHEMA)
 
 
 def _entry(app: Any, number: str) -> sqlite3.Row | None:
     """The list's row for a number; under dry_run only one made before the app's now."""
-    if not app.dry_run:
-        _ready(app)
-        rows = app.store.query("SELECT * FROM optout_numbers WHERE number = ?", (number,))
-        return rows[0] if rows else None
-    try:
+    if app.dry_run:
         rows = app.store.query(
             "SELECT * FROM optout_numbers WHERE number = ? AND opted_out_at <= ?",
             (number, app.time()),
+            missing_ok=True,
         )
-    except sqlite3.OperationalError:  # dry run on a store the daemon never prepared
-        return None
+    else:
+        rows = app.store.query(
+            "SELECT * FROM optout_numbers WHERE number = ?", (number,), missing_ok=True
+        )
     return rows[0] if rows else None
 
 
@@ -127,7 +116,7 @@ def is_opted_out(app: Any, number: str) -> bool:
     """Whether ``number`` is on the suppression list (public: relays mark such messages).
 
     Under ``app.dry_run`` (simulate, replay) it answers as of ``app.time()`` and counts
-    the opt-outs the simulation itself has seen.
+    the opt-outs the simulation itself has seen. A store without the list has nobody on it.
     """
     number = canonical_number(number)
     if not number:
@@ -139,8 +128,7 @@ def is_opted_out(app: Any, number: str) -> bool:
 
 
 def add_number(app: Any, number: str, *, message_id: int | None, source: str, text: str) -> bool:
-    """Put a number on the list; False when it was on it already."""
-    _ready(app)
+    """Put a number on the list (created by startup); False when it was on it already."""
     with app.store.transaction() as tx:
         cursor = tx.execute(
             "INSERT INTO optout_numbers (number, opted_out_at, message_id, source, text)"
@@ -151,8 +139,7 @@ def add_number(app: Any, number: str, *, message_id: int | None, source: str, te
 
 
 def remove_number(app: Any, number: str) -> bool:
-    """Take a number off the list; False when it was not on it."""
-    _ready(app)
+    """Take a number off the list (created by startup); False when it was not on it."""
     with app.store.transaction() as tx:
         cursor = tx.execute(
             "DELETE FROM optout_numbers WHERE number = ?", (canonical_number(number),)
@@ -183,7 +170,7 @@ def responder_config_section() -> ConfigSection:
 @hookimpl(trylast=True)
 def responder_startup(app: Any) -> None:
     if not app.dry_run:
-        _ready(app)
+        _create_table(app)
 
 
 # tryfirst: an unsubscribe word is answered by the confirmation, not by a keyword rule or a
@@ -250,10 +237,8 @@ def responder_before_send(app: Any, message: Message, reply: Reply) -> Reply | V
 
 @hookimpl(trylast=True)
 def responder_status(app: Any) -> StatusSection | None:
-    try:
-        numbers = app.store.query("SELECT COUNT(*) FROM optout_numbers")[0][0]
-    except sqlite3.OperationalError:
-        numbers = 0
+    counted = app.store.query("SELECT COUNT(*) FROM optout_numbers", missing_ok=True)
+    numbers = counted[0][0] if counted else 0
     suppressed = app.store.query(
         "SELECT COUNT(*) FROM messages WHERE reason = ?", (f"{PLUGIN}: {VETO_REASON}",)
     )[0][0]
@@ -272,15 +257,15 @@ def _setup(parser: argparse.ArgumentParser) -> None:
 
 
 def _number_argument(text: str | None) -> str | None:
-    compact = "".join((text or "").split()).replace("-", "").removeprefix("+")
+    compact = compact_number(text or "")
     if not compact.isdigit() or not 5 <= len(compact) <= 20:
         return None
     return canonical_number(compact)
 
 
 def _run(app: Any, args: argparse.Namespace) -> int:
+    _create_table(app)  # a command runs without responder_startup
     if args.action == "list":
-        _ready(app)
         rows = app.store.query("SELECT * FROM optout_numbers ORDER BY opted_out_at, number")
         for row in rows:
             when = datetime.fromtimestamp(row["opted_out_at"], PLATFORM_TZ)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import re
 import ssl
 import sys
-import unicodedata
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -32,6 +31,7 @@ from responder.commands import CommandRegistry
 from responder.config import ConfigSection, Table, is_loopback_url
 from responder.logs import redactor
 from responder.models import Message, Reply, StatusSection
+from responder.normalise import normalise
 
 if TYPE_CHECKING:
     from responder.app import App
@@ -59,44 +59,8 @@ _SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|signature|password
 
 log = structlog.get_logger("responder.webhook")
 
-_engines: dict[int, delivery.Deliverer] = {}
-
-
-# -- normalising keywords ------------------------------------------------------------------
-
-
-def fallback_normalise(text: str) -> str:
-    """The keyword plugin's normalisation, when it does not export one.
-
-    NFKC (full-width to half-width, U+3000 to a space), casefold, whitespace trimmed and
-    collapsed, trailing punctuation stripped.
-    """
-    for _ in range(3):  # each pass is idempotent in practice; repeat to be sure
-        before = text
-        text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-        text = " ".join(text.split())
-        while text and (unicodedata.category(text[-1]).startswith("P") or text[-1].isspace()):
-            text = text[:-1]
-        if text == before:
-            break
-    return text
-
-
-def keyword_normaliser() -> Callable[[str], str]:
-    """``responder_keywords.normalise`` (or ``normalize``) if it has one, else ours."""
-    try:
-        module = importlib.import_module("responder_keywords")
-    except Exception:
-        return fallback_normalise
-    for name in ("normalise", "normalize"):
-        function = getattr(module, name, None)
-        if callable(function):
-            try:
-                if isinstance(function("Ｔｅｓｔ　"), str):
-                    return function
-            except Exception:
-                break
-    return fallback_normalise
+_engines: weakref.WeakKeyDictionary[App, delivery.Deliverer] = weakref.WeakKeyDictionary()
+"""The delivery engine of each started App (none under dry_run); removed at shutdown."""
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -131,7 +95,6 @@ class WebhookSettings:
     retry_max: float = 900.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 60.0
-    normalise: Callable[[str], str] = field(default=fallback_normalise, repr=False, compare=False)
 
     def secrets(self) -> tuple[str, ...]:
         sensitive = (v for t in self.targets for k, v in t.headers if _SENSITIVE_HEADER.search(k))
@@ -143,21 +106,24 @@ def secret_env(name: str) -> str:
     return f"RESPONDER_WEBHOOK_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_SECRET"
 
 
+def secret_credential(name: str) -> str:
+    """``webhook-<name>-secret``: the systemd credential (``LoadCredential=``) of a target."""
+    return f"webhook-{name}-secret"
+
+
 def parse(table: Table, environ: Mapping[str, str] | None = None) -> WebhookSettings:
     environ = os.environ if environ is None else environ
-    normalise = keyword_normaliser()
     retry_initial = table.get_float("retry_initial", 5.0, min=0.1, max=3600, unit="seconds")
     settings = WebhookSettings(
         retry_initial=retry_initial,
         retry_max=table.get_float("retry_max", 900.0, min=retry_initial, unit="seconds"),
         breaker_threshold=table.get_int("breaker_threshold", 5, min=1, max=1000),
         breaker_cooldown=table.get_float("breaker_cooldown", 60.0, min=1, unit="seconds"),
-        normalise=normalise,
     )
     targets: list[Target] = []
     seen: dict[str, str] = {}
     for target_table in table.get_tables("targets"):
-        target = _target(target_table, environ, normalise)
+        target = _target(target_table, environ)
         target_table.finish()
         if target is None:
             continue
@@ -174,9 +140,7 @@ def parse(table: Table, environ: Mapping[str, str] | None = None) -> WebhookSett
     return dataclasses.replace(settings, targets=tuple(targets))
 
 
-def _target(
-    table: Table, environ: Mapping[str, str], normalise: Callable[[str], str]
-) -> Target | None:
+def _target(table: Table, environ: Mapping[str, str]) -> Target | None:
     name = table.get_str("name", "")
     if not _NAME.fullmatch(name):
         table.error(
@@ -248,31 +212,37 @@ def _url(table: Table) -> str:
 
 
 def _secret(table: Table, name: str, environ: Mapping[str, str]) -> str:
+    """The target's secret, from (first found) the environment variable, ``secret``,
+    ``secret_file`` or the systemd credential: as the gateway password is found."""
     inline = table.get_str("secret", "")
     secret_file = table.get_path("secret_file", "")
     env = secret_env(name) if name else ""
+    credential = secret_credential(name or "<name>")
     if inline and secret_file:
         table.error("secret", "set either secret or secret_file, not both")
     key = "secret"
     if env and environ.get(env):
-        secret = environ[env]
-        where = f"the environment variable {env}"
+        secret, where = environ[env], f"the environment variable {env}"
     elif inline:
         secret, where = inline, "secret"
-    elif secret_file is not None:
-        key, where = "secret_file", f"the file {str(secret_file)!r}"
-        try:
-            secret = secret_file.read_text(encoding="utf-8").strip()
-        except OSError as err:
-            table.error("secret_file", f"cannot read {str(secret_file)!r}: {err.strerror}")
-            return ""
     else:
-        table.error(
-            "secret",
-            "no secret: set secret, secret_file or the environment variable "
-            f"{env or 'RESPONDER_WEBHOOK_<NAME>_SECRET'}",
-        )
-        return ""
+        path, key, where = secret_file, "secret_file", f"the file {str(secret_file)!r}"
+        if path is None and name and environ.get("CREDENTIALS_DIRECTORY"):
+            found = Path(environ["CREDENTIALS_DIRECTORY"]) / credential
+            if found.exists():
+                path, key, where = found, "secret", f"the systemd credential {credential!r}"
+        if path is None:
+            table.error(
+                "secret",
+                f"no secret: set secret, secret_file, the systemd credential {credential!r} "
+                f"or the environment variable {env or 'RESPONDER_WEBHOOK_<NAME>_SECRET'}",
+            )
+            return ""
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            table.error(key, f"cannot read {str(path)!r}: {err.strerror}")
+            return ""
     if len(secret) < MIN_SECRET:
         table.error(
             key,
@@ -302,7 +272,7 @@ def _headers(table: Table) -> tuple[tuple[str, str], ...]:
 # -- which targets see a message -----------------------------------------------------------
 
 
-def matches(target: Target, message: Message, normalise: Callable[[str], str]) -> bool:
+def matches(target: Target, message: Message) -> bool:
     """Whether a target wants a message: its ``dst`` and ``match`` filters, if any."""
     if target.dst and not message.dst.endswith(target.dst):
         return False
@@ -315,18 +285,13 @@ def matches(target: Target, message: Message, normalise: Callable[[str], str]) -
 def answering_target(settings: WebhookSettings, message: Message) -> Target | None:
     """The first reply-mode target that wants the message: the one whose answer is sent."""
     for target in settings.targets:
-        if target.mode == "reply" and matches(target, message, settings.normalise):
+        if target.mode == "reply" and matches(target, message):
             return target
     return None
 
 
 def _settings(app: App) -> WebhookSettings:
     return app.plugin_config(PLUGIN) or WebhookSettings()
-
-
-def engine_for(app: App) -> delivery.Deliverer | None:
-    """The delivery engine started for ``app`` (None before startup or under dry_run)."""
-    return _engines.get(id(app))
 
 
 # -- hooks ---------------------------------------------------------------------------------
@@ -343,16 +308,16 @@ def responder_startup(app: App) -> None:
     if not settings.targets or app.dry_run:
         return
     redactor.add_secrets(settings.secrets(), (app.settings.gateway.encoding,))
-    delivery.ensure_schema(app)
+    delivery.create_tables(app)
     engine = delivery.Deliverer(app, settings, plugin=PLUGIN)
     engine.recover()
-    _engines[id(app)] = engine
+    _engines[app] = engine
     app.every(TICK, engine.tick, name=PLUGIN)
 
 
 @hookimpl(trylast=True)
 def responder_shutdown(app: App) -> None:
-    engine = _engines.pop(id(app), None)
+    engine = _engines.pop(app, None)
     if engine is not None:
         engine.close()
 
@@ -379,21 +344,19 @@ def responder_observe(app: App, message: Message, reply: Reply | None, dropped: 
     modes = [
         (target, "reply" if held_for == f"{PLUGIN}:{target.name}" else "relay")
         for target in settings.targets
-        if matches(target, message, settings.normalise)
+        if matches(target, message)
     ]
     if modes:
-        delivery.ensure_schema(app)
         delivery.create_rows(app, message, modes, dropped)
 
 
 @hookimpl(trylast=True)
 def responder_status(app: App) -> StatusSection | None:
     settings = _settings(app)
-    if not settings.targets and not delivery.table_exists(app):
-        return None
-    if not delivery.table_exists(app):
-        return StatusSection(title=PLUGIN, figures=(("pending", 0), ("dead letters", 0)))
-    return StatusSection(title=PLUGIN, figures=delivery.status_figures(app, settings))
+    figures = delivery.status_figures(app, settings)
+    if not settings.targets and not any(value for _name, value in figures):
+        return None  # never used: no section
+    return StatusSection(title=PLUGIN, figures=figures)
 
 
 @hookimpl(trylast=True)
@@ -427,15 +390,8 @@ def _run_command(app: App, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    delivery.ensure_schema(app)
+    delivery.create_tables(app)  # a command runs without responder_startup
     counts = delivery.requeue_dead(app, [known[name] for name in names])
     for name, count in counts.items():
         print(f"{name}: {count} dead letter(s) re-queued")
     return 0
-
-
-def command_run(app: App, argv: list[str]) -> int:
-    """Run ``responder webhook ...`` arguments against an App (for tests and tools)."""
-    parser = argparse.ArgumentParser(prog="responder webhook")
-    _setup_command(parser)
-    return _run_command(app, parser.parse_args(argv))

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import email.utils
 import hashlib
 import hmac
-import importlib
 import json
 import random
-import re
 import ssl
 import threading
 import time
@@ -34,11 +31,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
+import responder_optout
 import structlog
 
 from responder import __version__
 from responder.logs import REDACTED, redactor
 from responder.models import PLATFORM_TZ, Message, Reply
+from responder.normalise import is_mobile
+from responder.pipeline import first_reply
 
 if TYPE_CHECKING:
     from responder_webhook import Target, WebhookSettings
@@ -105,19 +105,16 @@ SHUTDOWN_GRACE: Final = 3.0
 """Seconds shutdown waits for requests in flight; the rest are retried after a restart."""
 EXCERPT: Final = 200
 RETRYABLE_STATUS: Final = frozenset({408, 429})
-MOBILE: Final = re.compile(r"1[3-9]\d{9}")
 USER_AGENT: Final = f"sms-responder/{__version__}"
 
 
-def ensure_schema(app: App) -> None:
+# The tables are created by responder_startup (when targets are configured) and by the
+# webhook command. ``responder status`` on a store the daemon never prepared has none:
+# status reads take that as empty.
+
+
+def create_tables(app: App) -> None:
     app.store.migrate("webhook", SCHEMA)
-
-
-def table_exists(app: App) -> bool:
-    rows = app.store.query(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'webhook_deliveries'"
-    )
-    return bool(rows)
 
 
 # -- the request -------------------------------------------------------------------------
@@ -147,20 +144,10 @@ def request_headers(
 
 
 def opted_out(app: App, number: str) -> bool:
-    """``responder_optout.is_opted_out(app, number)`` when the optout plugin provides it."""
-    if "optout" not in app.plugins.names():
+    """Whether the sender is on the opt-out list; False when the optout plugin is off."""
+    if app.plugin_config("optout") is None:
         return False
-    try:
-        check = getattr(importlib.import_module("responder_optout"), "is_opted_out", None)
-    except Exception:
-        return False
-    if not callable(check):
-        return False
-    try:
-        return bool(check(app, number))
-    except Exception:
-        log.warning("webhook_optout_check_failed", exc_info=True)
-        return False
+    return responder_optout.is_opted_out(app, number)
 
 
 def request_body(app: App, message: Message, row: Row, target: Target) -> bytes:
@@ -242,7 +229,7 @@ def _recipients(value: Any, target: Target, message: Message) -> tuple[str, ...]
         raise AnswerRefused('"to" must be a list of mobile numbers')
     numbers = tuple(dict.fromkeys(v.strip() for v in value))
     for number in numbers:
-        if not MOBILE.fullmatch(number):
+        if not is_mobile(number):
             raise AnswerRefused(f'"to" has an invalid mobile number: {number[:20]!r}')
     if len(numbers) > MAX_RECIPIENTS:
         raise AnswerRefused(f'"to" names {len(numbers)} numbers, more than {MAX_RECIPIENTS}')
@@ -520,16 +507,9 @@ def requeue_dead(app: App, targets: Sequence[Target]) -> dict[str, int]:
 
 
 def fallback_reply(app: App, message: Message, plugin: str) -> Reply | None:
-    """What the other plugins would answer: their reply hooks in order, ``plugin`` skipped."""
-    for name, function in app.plugins.implementations("responder_reply"):
-        if name == plugin:
-            continue
-        result = function(app=app, message=message)
-        if isinstance(result, Reply):
-            if not result.text.strip():
-                return None
-            return result if result.plugin else dataclasses.replace(result, plugin=name)
-    return None
+    """What the other plugins would answer (``plugin`` skipped); None for silence."""
+    reply = first_reply(app, message, skip=plugin)
+    return reply if reply is not None and reply.text.strip() else None
 
 
 def scrub(text: str, secret: str) -> str:
@@ -555,7 +535,9 @@ class Circuit:
 
 
 def circuits(app: App) -> dict[str, Circuit]:
-    rows = app.store.query("SELECT target, failures, blocked_until FROM webhook_circuits")
+    rows = app.store.query(
+        "SELECT target, failures, blocked_until FROM webhook_circuits", missing_ok=True
+    )
     return {row[0]: Circuit(row[1], row[2]) for row in rows}
 
 
@@ -991,7 +973,8 @@ def status_figures(
     counts: dict[tuple[str, str], int] = {
         (row[0], row[1]): row[2]
         for row in app.store.query(
-            "SELECT target, state, COUNT(*) FROM webhook_deliveries GROUP BY target, state"
+            "SELECT target, state, COUNT(*) FROM webhook_deliveries GROUP BY target, state",
+            missing_ok=True,
         )
     }
     latest_dead: dict[str, Any] = {}
@@ -999,6 +982,7 @@ def status_figures(
         "SELECT target, message_id, attempts, last_error FROM webhook_deliveries"
         " WHERE state = ? ORDER BY finished_at DESC, id DESC",
         (DEAD,),
+        missing_ok=True,
     ):
         latest_dead.setdefault(row[0], row)
     breakers = circuits(app)

@@ -18,7 +18,7 @@ from responder.commands import CommandRegistry
 from responder.config import ConfigError, Settings, load_settings
 from responder.gateway import GatewayClient, GatewayError
 from responder.logs import configure_logging
-from responder.models import PLATFORM_TZ, Message
+from responder.models import PLATFORM_TZ
 from responder.plugins import PluginHost
 from responder.store import Store, StoreError
 
@@ -162,55 +162,8 @@ def _simulation_app(args: argparse.Namespace) -> tuple[App | None, int]:
         return None, _problems(err.problems)
 
 
-def simulated_message(text: str, src: str, dst: str) -> Message:
-    return Message(
-        id=0,
-        gateway_id=0,
-        src=src,
-        dst=dst,
-        text=text,
-        received_at=datetime.now(PLATFORM_TZ),
-        raw="",
-    )
-
-
-def decision_record(decision: Any) -> dict[str, Any]:
-    reply = decision.reply
-    return {
-        "text": decision.message.text,
-        "src": decision.message.src,
-        "dropped": decision.dropped,
-        "plugin": reply.plugin if reply else None,
-        "meta": dict(reply.meta) if reply else {},
-        "reply": decision.final.text if decision.final else None,
-        "vetoed": decision.vetoed,
-        "parts": list(decision.composed.parts) if decision.composed else [],
-        "truncated": bool(decision.composed and decision.composed.truncated),
-        "reason": decision.reason,
-    }
-
-
-def print_decision(record: dict[str, Any]) -> None:
-    print(f"message:  {record['text']!r} from {record['src']}")
-    for key, value in record["meta"].items():
-        print(f"{key + ':':<9} {value}")
-    if record["dropped"]:
-        print(f"dropped:  {record['dropped']}")
-    print(f"plugin:   {record['plugin'] or '-'}")
-    if record["vetoed"]:
-        print(f"vetoed:   {record['vetoed']}")
-    if record["parts"]:
-        print(f"reply:    {record['reply']}")
-        for index, part in enumerate(record["parts"], start=1):
-            print(f"  sms {index}: {part} ({len(part)} characters)")
-        if record["truncated"]:
-            print("  (cut to replies.max_parts)")
-    else:
-        print(f"reply:    none ({record['reason']})")
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from responder.simulation import simulate_file, simulate_record
+    from responder.simulation import print_outcome, simulate, simulate_file, simulated_message
 
     if args.file and args.text is not None:
         print("simulate: give a text or --file, not both", file=sys.stderr)
@@ -228,23 +181,46 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             else:
                 return _interactive(app, args)
         for text in texts:
-            record = simulate_record(
+            outcome = simulate(
                 app, simulated_message(text, args.src, args.dst or _service_dst(app))
             )
             if args.json:
-                print(json.dumps(record, ensure_ascii=False))
+                print(json.dumps(outcome.as_dict(), ensure_ascii=False))
             else:
-                print_decision(record)
+                print_outcome(outcome)
         return 0
     finally:
         app.store.close()
         app.close()
 
 
-def _replay(args: argparse.Namespace) -> int:
-    from responder.simulation import cmd_replay
+def cmd_replay(args: argparse.Namespace) -> int:
+    from responder.simulation import parse_since, replay
 
-    return cmd_replay(args)
+    try:
+        settings = load_settings(_config_path(args), need_password=False)
+    except ConfigError as err:
+        return _problems(err.problems)
+    _quiet_logs(settings)
+    try:
+        since = parse_since(args.since)
+    except ValueError:
+        print(f"--since: must be a date such as 2026-11-01, got {args.since!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not settings.store.path.exists():
+        print(f"{settings.store.path}: no store yet: nothing to replay", file=sys.stderr)
+        return 1
+    store = Store(settings.store.path)
+    try:
+        app = build_app(settings, store=store, dry_run=True)
+    except ConfigError as err:
+        store.close()
+        return _problems(err.problems)
+    try:
+        return replay(app, since, args)
+    finally:
+        store.close()
+        app.close()
 
 
 def _service_dst(app: App) -> str:
@@ -252,7 +228,7 @@ def _service_dst(app: App) -> str:
 
 
 def _interactive(app: App, args: argparse.Namespace) -> int:
-    from responder.simulation import simulate_record
+    from responder.simulation import print_outcome, simulate, simulated_message
 
     print("Type a message as a customer would; an empty line or Ctrl-D ends.")
     while True:
@@ -263,7 +239,7 @@ def _interactive(app: App, args: argparse.Namespace) -> int:
         if not text:
             return 0
         message = simulated_message(text, args.src, args.dst or _service_dst(app))
-        print_decision(simulate_record(app, message))
+        print_outcome(simulate(app, message))
 
 
 def _age(moment: float | None, now: float) -> str:
@@ -445,7 +421,7 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
     p.add_argument("--since", required=True, help="from this date (platform time): 2026-11-01")
     p.add_argument("--all", action="store_true", help="list every message, not only changes")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
-    p.set_defaults(handler=_replay)
+    p.set_defaults(handler=cmd_replay)
 
     p = sub.add_parser("status", help="counts, outbox, dead letters; exit 1 when reads are stale")
     _add_config(p)

@@ -4,12 +4,15 @@ Hooks are always called with keyword arguments, so an implementation may accept 
 subset of a hook's arguments, by name. Implement them in a module or class and mark each
 with ``responder.hookimpl``. A hook implementation that raises is logged with the
 plugin's name and traceback and treated as having returned None; the other plugins and
-the daemon carry on.
+the daemon carry on. A store error is the exception: it stops the daemon, since going
+on without the store (an unreadable opt-out list, say) would be worse.
 
 Order: pluggy calls implementations last-registered first. Built-in plugins are
-registered first and their implementations are marked ``trylast``, so a user's plugin
-runs before them and can override them; ``tryfirst``/``trylast`` on your own
-implementations move them to either end.
+registered first and their implementations are mostly marked ``trylast``, so a user's
+plugin runs before them and can override them. Two exceptions: optout's reply is
+``tryfirst``, so an unsubscribe word is always confirmed, and webhook's reply is
+unmarked, so it comes after user plugins but before keywords. ``tryfirst``/``trylast``
+on your own implementations move them to either end.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rehearsing rules without sending: ``simulate --file`` and ``replay``.
+"""Rehearsing rules without sending: `simulate` (one text or a file) and `replay`.
 
 ``simulate --file`` runs a recorded conversation (``src,text`` per line) through the
 plugins; ``replay`` re-runs the messages already in the store through the current
@@ -14,41 +14,137 @@ import json
 import sys
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from responder.app import App, build_app
-from responder.config import ConfigError, load_settings
+from responder.app import App
 from responder.models import PLATFORM_TZ, Message, Reply
-from responder.store import Store
+from responder.pipeline import Decision, decide
 
 CELL_WIDTH = 28
 """Display columns a table cell may take before it is shortened (the last one never is)."""
 
 
-def simulate_record(app: App, message: Message) -> dict[str, Any]:
-    """Decide a message and describe it; a dropped one still shows what would have matched."""
-    from responder.cli import decision_record
-    from responder.pipeline import decide
+@dataclass(frozen=True)
+class Simulated:
+    """What the plugins decided about one message, as ``simulate`` and ``replay`` show it."""
 
-    decision = decide(app, message)
-    record = decision_record(decision)
-    if decision.dropped:
-        # The reply hook never ran: ask it anyway (plugins change nothing under dry_run)
-        # so that the rule author sees the normalised text and the rule.
+    text: str
+    src: str
+    dropped: str | None
+    plugin: str | None
+    """The plugin whose reply won; None when no plugin answered."""
+    meta: tuple[tuple[str, str], ...]
+    """The winning reply's labels or, when none won, what would have matched (for display)."""
+    reply: str | None
+    """The reply text after before-send; None when vetoed or there was none."""
+    vetoed: str | None
+    parts: tuple[str, ...]
+    """The SMS texts that would be sent."""
+    truncated: bool
+    reason: str
+    """Why nothing is sent (as the store records it), or "" when something is."""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.meta)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (``--json``): field names as keys, ``meta`` an object."""
+        return {
+            "text": self.text,
+            "src": self.src,
+            "dropped": self.dropped,
+            "plugin": self.plugin,
+            "meta": self.labels,
+            "reply": self.reply,
+            "vetoed": self.vetoed,
+            "parts": list(self.parts),
+            "truncated": self.truncated,
+            "reason": self.reason,
+        }
+
+
+def _display_meta(app: App, decision: Decision) -> tuple[tuple[str, str], ...]:
+    """The winning reply's labels, or what the plugins would make of the message if none won.
+
+    A dropped message never reached the reply hook: it is asked anyway (plugins change
+    nothing under dry_run). When no plugin answers, the keyword rules say what the text
+    normalised to and that no rule matched.
+    """
+    message = decision.message
+    reply = decision.reply
+    if reply is None and decision.dropped:
         probe = app.plugins.hook.responder_reply(app=app, message=message)
-        if isinstance(probe, Reply):
-            record["meta"] = dict(probe.meta)
-    return record
+        reply = probe if isinstance(probe, Reply) else None
+    if reply is not None:
+        return reply.meta
+    if app.plugin_config("keywords") is None:
+        return ()
+    import responder_keywords  # a built-in, always installed; loaded when configured
+
+    return responder_keywords.describe(app, message)
 
 
-def answer(record: dict[str, Any]) -> str:
-    """A record's outcome in one cell: the SMS parts, or why there is none."""
-    if record["parts"]:
-        return " | ".join(record["parts"])
-    if record["reason"] == "empty reply" and record["meta"].get("why"):
-        return f"(none: {record['meta']['why']})"
-    return f"(none: {record['reason']})"
+def simulate(app: App, message: Message) -> Simulated:
+    """Decide a message, commit nothing, and describe the outcome."""
+    decision = decide(app, message)
+    reply, composed = decision.reply, decision.composed
+    return Simulated(
+        text=message.text,
+        src=message.src,
+        dropped=decision.dropped,
+        plugin=reply.plugin if reply else None,
+        meta=_display_meta(app, decision),
+        reply=decision.final.text if decision.final else None,
+        vetoed=decision.vetoed,
+        parts=composed.parts if composed else (),
+        truncated=bool(composed and composed.truncated),
+        reason=decision.reason,
+    )
+
+
+def simulated_message(text: str, src: str, dst: str) -> Message:
+    """A message as if it had just arrived; id 0, since it is never stored."""
+    return Message(
+        id=0,
+        gateway_id=0,
+        src=src,
+        dst=dst,
+        text=text,
+        received_at=datetime.now(PLATFORM_TZ),
+        raw="",
+    )
+
+
+def print_outcome(outcome: Simulated) -> None:
+    print(f"message:  {outcome.text!r} from {outcome.src}")
+    for key, value in outcome.meta:
+        print(f"{key + ':':<9} {value}")
+    if outcome.dropped:
+        print(f"dropped:  {outcome.dropped}")
+    print(f"plugin:   {outcome.plugin or '-'}")
+    if outcome.vetoed:
+        print(f"vetoed:   {outcome.vetoed}")
+    if outcome.parts:
+        print(f"reply:    {outcome.reply}")
+        for index, part in enumerate(outcome.parts, start=1):
+            print(f"  sms {index}: {part} ({len(part)} characters)")
+        if outcome.truncated:
+            print("  (cut to replies.max_parts)")
+    else:
+        print(f"reply:    none ({outcome.reason})")
+
+
+def answer(outcome: Simulated) -> str:
+    """An outcome in one cell: the SMS parts, or why there are none."""
+    if outcome.parts:
+        return " | ".join(outcome.parts)
+    why = outcome.labels.get("why")
+    if outcome.reason in ("empty reply", "no reply") and why:
+        return f"(none: {why})"
+    return f"(none: {outcome.reason})"
 
 
 def width(text: str) -> int:
@@ -124,8 +220,6 @@ def read_conversation(path: str) -> list[tuple[int, str, str]]:
 
 def simulate_file(app: App, args: argparse.Namespace, dst: str) -> int:
     """Run a recorded conversation through the plugins and print a table (or JSON lines)."""
-    from responder.cli import simulated_message
-
     try:
         conversation = read_conversation(args.file)
     except ConversationError as err:
@@ -133,10 +227,10 @@ def simulate_file(app: App, args: argparse.Namespace, dst: str) -> int:
         return 2
     rows = []
     for line, src, text in conversation:
-        record = simulate_record(app, simulated_message(text, src, dst))
+        outcome = simulate(app, simulated_message(text, src, dst))
         if args.json:
-            print(json.dumps({"line": line, **record}, ensure_ascii=False))
-        rows.append((str(line), src, text, record["meta"].get("rule", "-"), answer(record)))
+            print(json.dumps({"line": line, **outcome.as_dict()}, ensure_ascii=False))
+        rows.append((str(line), src, text, outcome.labels.get("rule", "-"), answer(outcome)))
     if not args.json:
         print_table(("line", "from", "message", "rule", "answer"), rows)
     return 0
@@ -153,36 +247,8 @@ def parse_since(text: str) -> float:
     return moment.timestamp()
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from responder.cli import _config_path, _problems, _quiet_logs
-
-    try:
-        settings = load_settings(_config_path(args), need_password=False)
-    except ConfigError as err:
-        return _problems(err.problems)
-    _quiet_logs(settings)
-    try:
-        since = parse_since(args.since)
-    except ValueError:
-        print(f"--since: must be a date such as 2026-11-01, got {args.since!r}", file=sys.stderr)
-        return 2
-    if not settings.store.path.exists():
-        print(f"{settings.store.path}: no store yet: nothing to replay", file=sys.stderr)
-        return 1
-    store = Store(settings.store.path)
-    try:
-        app = build_app(settings, store=store, dry_run=True)
-    except ConfigError as err:
-        store.close()
-        return _problems(err.problems)
-    try:
-        return _replay(app, since, args)
-    finally:
-        store.close()
-        app.close()
-
-
-def _replay(app: App, since: float, args: argparse.Namespace) -> int:
+def replay(app: App, since: float, args: argparse.Namespace) -> int:
+    """Re-run stored messages through the current rules; print where answers would differ."""
     arrived = dict(
         app.store.query("SELECT id, journaled_at FROM messages WHERE journaled_at >= ?", (since,))
     )
@@ -192,21 +258,27 @@ def _replay(app: App, since: float, args: argparse.Namespace) -> int:
         if moment is None:  # journaled by a running daemon after the first query
             continue
         _set_clock(app, moment)
-        record = simulate_record(app, message)
+        outcome = simulate(app, message)
         sent = [row.text for row in app.store.outbox_for(message.id)]
-        differs = sent != record["parts"]
+        differs = tuple(sent) != outcome.parts
         differing += differs
         when = datetime.fromtimestamp(moment, PLATFORM_TZ).strftime("%Y-%m-%d %H:%M")
         if args.json:
             print(
                 json.dumps(
-                    {"id": message.id, "time": when, **record, "sent": sent, "differs": differs},
+                    {
+                        "id": message.id,
+                        "time": when,
+                        **outcome.as_dict(),
+                        "sent": sent,
+                        "differs": differs,
+                    },
                     ensure_ascii=False,
                 )
             )
         elif differs or args.all:
             was = " | ".join(sent) if sent else "(nothing)"
-            rows.append((str(message.id), when, message.src, message.text, was, answer(record)))
+            rows.append((str(message.id), when, message.src, message.text, was, answer(outcome)))
     if not args.json:
         if rows:
             print_table(("id", "arrived", "from", "message", "sent", "would send now"), rows)

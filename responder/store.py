@@ -223,8 +223,21 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        return self._connection().execute(sql, params).fetchall()
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] = (),
+        *,
+        missing_ok: bool = False,
+    ) -> list[sqlite3.Row]:
+        """Rows of a read. ``missing_ok``: a table not created yet reads as empty (a plugin's
+        table under ``simulate``, where its startup never ran)."""
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as err:
+            if missing_ok and "no such table" in str(err):
+                return []
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import string
 from datetime import datetime
 from typing import Any
 
 import pytest
 import responder_keywords as kw
-from hypothesis import given
-from hypothesis import strategies as st
 
 from responder.config import ConfigError, Table
 from responder.models import PLATFORM_TZ, InboundSms, Message
@@ -42,72 +39,6 @@ def at(hour: int, minute: int = 0) -> float:
 
 def message(text: str, src: str = "13800138000", dst: str = "0888008", id: int = 0) -> Message:
     return Message(id=id, gateway_id=id, src=src, dst=dst, text=text, received_at=None, raw="")
-
-
-# -- normalisation -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("CX", "cx"),
-        ("ＣＸ", "cx"),
-        ("ｃｘ　１２３", "cx 123"),
-        ("  CX   123  ", "cx 123"),
-        ("\u3000查询\u3000", "查询"),
-        ("CX。", "cx"),
-        ("cx!", "cx"),
-        ("CX！！", "cx"),
-        ("cx ?", "cx"),
-        ("查询～", "查询"),
-        ("退订，谢谢", "退订,谢谢"),
-        ("CX\t\n123", "cx 123"),
-        ("?", "?"),
-        ("？？", "??"),
-        ("", ""),
-        ("Straße", "strasse"),
-    ],
-)
-def test_normalise(text, expected):
-    assert kw.normalise(text) == expected
-
-
-@given(st.text())
-def test_normalise_is_idempotent(text):
-    assert kw.normalise(kw.normalise(text)) == kw.normalise(text)
-
-
-@given(st.text())
-def test_normalised_text_has_no_outer_or_double_whitespace(text):
-    result = kw.normalise(text)
-    assert result == result.strip()
-    assert "  " not in result
-    assert "\u3000" not in result
-
-
-def _full_width(text: str) -> str:
-    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else "\u3000" for c in text)
-
-
-printable = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " ")
-
-
-@given(printable)
-def test_full_width_text_normalises_like_half_width(text):
-    assert kw.normalise(_full_width(text)) == kw.normalise(text)
-
-
-@given(printable)
-def test_case_does_not_matter(text):
-    assert kw.normalise(text.upper()) == kw.normalise(text.lower())
-
-
-@given(
-    st.text(alphabet=string.ascii_letters + "查询退订", min_size=1),
-    st.lists(st.sampled_from(list("。！？，.!?,~… ")), max_size=4),
-)
-def test_trailing_punctuation_is_ignored(word, tail):
-    assert kw.normalise(word + "".join(tail)) == kw.normalise(word)
 
 
 # -- matching ------------------------------------------------------------------------------
@@ -345,8 +276,15 @@ def _journal(app, text: str, src: str = "13800138000") -> Message:
     return journaled
 
 
+def _started(app):
+    """Run ``responder_startup`` as the daemon does: it creates the fallback table."""
+    app.plugins.hook.responder_startup(app=app)
+    return app
+
+
 def test_fallback_goes_at_most_once_an_hour_to_a_sender(sandbox, tmp_path, make_app, clock):
-    app = make_app(config_dict(sandbox, tmp_path, keywords={"fallback": "请回复CX"}), clock=clock)
+    data = config_dict(sandbox, tmp_path, keywords={"fallback": "请回复CX"})
+    app = _started(make_app(data, clock=clock))
     assert process(app, _journal(app, "hello")).composed.parts == ("请回复CX",)
     clock.advance(600)
     second = process(app, _journal(app, "hello again"))
@@ -358,15 +296,37 @@ def test_fallback_goes_at_most_once_an_hour_to_a_sender(sandbox, tmp_path, make_
 
 def test_fallback_limit_can_be_turned_off(sandbox, tmp_path, make_app, clock):
     section = {"fallback": "请回复CX", "fallback_interval": 0}
-    app = make_app(config_dict(sandbox, tmp_path, keywords=section), clock=clock)
+    app = _started(make_app(config_dict(sandbox, tmp_path, keywords=section), clock=clock))
     process(app, _journal(app, "hello"))
     clock.advance(1)
     assert process(app, _journal(app, "hello 2")).composed.parts == ("请回复CX",)
 
 
-def test_no_rule_and_no_fallback_means_no_reply(sandbox, tmp_path, make_app):
-    app = make_app(config_dict(sandbox, tmp_path, keywords=RULES))
+def test_a_simulated_conversation_remembers_its_fallbacks_and_writes_nothing(
+    sandbox, tmp_path, make_app, clock
+):
+    dry = make_app(config_dict(sandbox, tmp_path, keywords={"fallback": "请回复CX"}), dry_run=True)
+    assert decide(dry, message("hello")).composed.parts == ("请回复CX",)
+    assert decide(dry, message("hello again")).final is None
+    assert not dry.store.query("SELECT 1 FROM sqlite_master WHERE name = 'keywords_fallback'")
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_no_rule_and_no_fallback_means_no_reply(sandbox, tmp_path, make_app, dry_run):
+    app = make_app(config_dict(sandbox, tmp_path, keywords=RULES), dry_run=dry_run)
     assert decide(app, message("hello")).reply is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ＣＸ 123", {"normalised": "cx 123", "rule": "query", "why": 'the first word is "cx"'}),
+        ("ＨＥＬＬＯ！", {"normalised": "hello", "rule": "none", "why": "no rule matched"}),
+    ],
+)
+def test_describe_says_what_the_rules_make_of_a_text(sandbox, tmp_path, make_app, text, expected):
+    app = make_app(config_dict(sandbox, tmp_path, keywords=RULES), dry_run=True)
+    assert dict(kw.describe(app, message(text))) == expected
 
 
 # -- configuration errors ------------------------------------------------------------------

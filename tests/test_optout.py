@@ -35,8 +35,20 @@ def sent(app, text: str, src: str = CUSTOMER) -> tuple[str, ...]:
 
 
 @pytest.fixture
-def app(sandbox, tmp_path, make_app, clock):
-    return make_app(config_dict(sandbox, tmp_path, keywords=RULES), clock=clock)
+def start_app(make_app):
+    """``make_app``, then ``responder_startup`` as the daemon runs it (it creates the list)."""
+
+    def make(data: dict[str, Any], **kwargs: Any):
+        app = make_app(data, **kwargs)
+        app.plugins.hook.responder_startup(app=app)
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(sandbox, tmp_path, start_app, clock):
+    return start_app(config_dict(sandbox, tmp_path, keywords=RULES), clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -87,31 +99,31 @@ def test_an_opt_out_is_confirmed_once_and_suppresses_later_replies(app):
     assert sent(app, "退订") == ()
 
 
-def test_the_confirmation_wins_over_a_keyword_rule_with_the_same_word(sandbox, tmp_path, make_app):
+def test_the_confirmation_wins_over_a_keyword_rule_with_the_same_word(sandbox, tmp_path, start_app):
     rules = {"rules": [{"keywords": ["TD"], "reply": "keyword TD"}]}
-    app = make_app(config_dict(sandbox, tmp_path, keywords=rules))
+    app = start_app(config_dict(sandbox, tmp_path, keywords=rules))
     assert sent(app, "TD") == (CONFIRMATION,)
 
 
 def test_a_keyword_that_only_starts_like_an_unsubscribe_word_still_works(
-    sandbox, tmp_path, make_app
+    sandbox, tmp_path, start_app
 ):
     rules = {"rules": [{"keywords": ["TDXX"], "reply": "keyword TDXX"}]}
-    app = make_app(config_dict(sandbox, tmp_path, keywords=rules))
+    app = start_app(config_dict(sandbox, tmp_path, keywords=rules))
     assert sent(app, "tdxx") == ("keyword TDXX",)
     assert not optout.is_opted_out(app, CUSTOMER)
 
 
-def test_an_empty_confirmation_sends_nothing_but_still_records(sandbox, tmp_path, make_app):
+def test_an_empty_confirmation_sends_nothing_but_still_records(sandbox, tmp_path, start_app):
     data = config_dict(sandbox, tmp_path, keywords=RULES, optout={"confirmation": ""})
-    app = make_app(data)
+    app = start_app(data)
     assert sent(app, "TD") == ()
     assert optout.is_opted_out(app, CUSTOMER)
 
 
-def test_configured_words_replace_the_defaults(sandbox, tmp_path, make_app):
+def test_configured_words_replace_the_defaults(sandbox, tmp_path, start_app):
     data = config_dict(sandbox, tmp_path, keywords=RULES, optout={"words": ["不要了"]})
-    app = make_app(data)
+    app = start_app(data)
     assert sent(app, "TD") == ()  # no rule, no fallback: no answer, not an opt-out
     assert not optout.is_opted_out(app, CUSTOMER)
     assert sent(app, "不要了！") == (CONFIRMATION,)
@@ -125,10 +137,10 @@ def test_a_resubscribe_word_takes_the_number_off_the_list(app):
 
 
 def test_a_resubscribe_word_from_a_number_not_opted_out_is_left_to_other_rules(
-    sandbox, tmp_path, make_app
+    sandbox, tmp_path, start_app
 ):
     rules = {"rules": [{"keywords": ["start"], "reply": "开始"}]}
-    app = make_app(config_dict(sandbox, tmp_path, keywords=rules))
+    app = start_app(config_dict(sandbox, tmp_path, keywords=rules))
     assert sent(app, "START") == ("开始",)
 
 
@@ -153,10 +165,10 @@ class ThirdParty:
         self.observed.append((message.text, optout.is_opted_out(app, message.src)))
 
 
-def test_a_third_party_reply_to_an_opted_out_number_is_vetoed(sandbox, tmp_path, make_app):
+def test_a_third_party_reply_to_an_opted_out_number_is_vetoed(sandbox, tmp_path, start_app):
     plugin = ThirdParty()
     data = config_dict(sandbox, tmp_path, keywords=RULES)
-    app = make_app(data, extra_plugins=(("thirdparty", plugin),))
+    app = start_app(data, extra_plugins=(("thirdparty", plugin),))
     assert sent(app, "hello") == ("third-party answer",)
     assert sent(app, "TD") == (CONFIRMATION,)
     decision = process(app, journal(app, "hello again"))
@@ -172,9 +184,9 @@ class Relay:
         return Reply(text=f"from {message.src}: {message.text}", to=("13900139000", message.src))
 
 
-def test_a_reply_to_several_numbers_loses_only_the_opted_out_ones(sandbox, tmp_path, make_app):
+def test_a_reply_to_several_numbers_loses_only_the_opted_out_ones(sandbox, tmp_path, start_app):
     data = config_dict(sandbox, tmp_path, keywords=RULES)
-    app = make_app(data, extra_plugins=(("relay", Relay()),))
+    app = start_app(data, extra_plugins=(("relay", Relay()),))
     optout.add_number(app, CUSTOMER, message_id=None, source="manual", text="")
     decision = process(app, journal(app, "hello"))
     assert decision.final.to == ("13900139000",)
@@ -190,9 +202,9 @@ def test_a_late_reply_to_an_opted_out_number_is_vetoed(app):
     assert app.reply_later(first, Reply(text="later", plugin="webhook")) is False
 
 
-def test_a_dropped_unsubscribe_message_is_still_recorded(sandbox, tmp_path, make_app):
+def test_a_dropped_unsubscribe_message_is_still_recorded(sandbox, tmp_path, start_app):
     data = config_dict(sandbox, tmp_path, keywords=RULES, guard={"ignore": [CUSTOMER]})
-    app = make_app(data)
+    app = start_app(data)
     decision = process(app, journal(app, "TD"))
     assert decision.dropped == "guard: on the ignore list"
     assert optout.is_opted_out(app, CUSTOMER)
@@ -205,15 +217,41 @@ def test_reprocessing_the_same_message_confirms_again(app):
     assert decide(app, message).composed.parts == (CONFIRMATION,)
 
 
-def test_a_dry_run_records_nothing_but_remembers_within_the_simulation(sandbox, tmp_path, make_app):
+def test_a_dry_run_records_nothing_but_remembers_within_the_simulation(
+    sandbox, tmp_path, start_app, make_app
+):
     data = config_dict(sandbox, tmp_path, keywords=RULES)
-    live = make_app(data)
+    live = start_app(data)
     dry = make_app(data, dry_run=True)
     message = journal(live, "TD")
     assert decide(dry, message).composed.parts == (CONFIRMATION,)
     assert decide(dry, journal(live, "CX")).vetoed == "optout: opted out"
     assert not optout.is_opted_out(live, CUSTOMER)
     assert live.store.query("SELECT COUNT(*) FROM optout_numbers")[0][0] == 0
+
+
+def test_a_store_the_daemon_never_prepared_has_an_empty_list(sandbox, tmp_path, make_app):
+    dry = make_app(config_dict(sandbox, tmp_path, keywords=RULES), dry_run=True)
+
+    assert not optout.is_opted_out(dry, CUSTOMER)
+    assert decide(dry, dry_message("CX")).composed.parts == ("已受理",)
+    assert dict(optout.responder_status(app=dry).figures)["opted-out numbers"] == 0
+    assert not dry.store.query("SELECT 1 FROM sqlite_master WHERE name = 'optout_numbers'")
+
+
+def test_startup_creates_the_list_except_in_a_dry_run(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path)
+    dry = make_app(data, dry_run=True)
+    dry.plugins.hook.responder_startup(app=dry)
+    assert not dry.store.query("SELECT 1 FROM sqlite_master WHERE name = 'optout_numbers'")
+
+    live = make_app(data)
+    live.plugins.hook.responder_startup(app=live)
+    assert live.store.query("SELECT 1 FROM sqlite_master WHERE name = 'optout_numbers'")
+
+
+def dry_message(text: str) -> Message:
+    return Message(id=0, gateway_id=0, src=CUSTOMER, dst="", text=text, received_at=None, raw="")
 
 
 def test_status_counts_numbers_and_suppressed_replies(app):
@@ -266,9 +304,9 @@ def test_optout_add_needs_a_phone_number(number, config_file, capsys):
     assert "give a phone number" in capsys.readouterr().err
 
 
-def test_a_number_added_by_hand_gets_no_reply(sandbox, tmp_path, make_app, config_file):
+def test_a_number_added_by_hand_gets_no_reply(sandbox, tmp_path, start_app, config_file):
     data = config_dict(sandbox, tmp_path, keywords=RULES)
     write_config(tmp_path / "config.toml", data)
     assert main(["optout", "add", CUSTOMER, "-c", config_file]) == 0
-    app = make_app(data)
+    app = start_app(data)
     assert sent(app, "CX") == ()

@@ -12,7 +12,7 @@ import pytest
 from responder.cli import main
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.pipeline import process
-from responder.simulation import parse_since, read_conversation, width
+from responder.simulation import parse_since, read_conversation, simulate, width
 from tests.conftest import config_dict, write_config
 
 RULES = {
@@ -82,7 +82,35 @@ def test_an_unmatched_message_shows_its_normalised_text(sandbox, tmp_path, capsy
     config = str(write_config(tmp_path / "config.toml", data))
     record = json.loads(run(capsys, "simulate", "-c", config, "--json", "ＨＥＬＬＯ！")[1])
     assert record["meta"] == {"normalised": "hello", "rule": "none", "why": "no rule matched"}
-    assert record["parts"] == []
+    assert (record["plugin"], record["reason"], record["parts"]) == (None, "no reply", [])
+
+
+@pytest.mark.parametrize(
+    ("keywords", "text"),
+    [
+        ({"rules": RULES["rules"]}, "hello"),
+        ({"rules": RULES["rules"]}, "CX 1"),
+        (RULES, "hello"),
+        ({"rules": RULES["rules"]}, "TD"),
+    ],
+    ids=["no-rule", "rule", "fallback", "optout"],
+)
+def test_simulate_decides_as_the_daemon_does(sandbox, tmp_path, make_app, keywords, text):
+    data = config_dict(sandbox, tmp_path, keywords=keywords)
+    live = make_app(data)
+    live.plugins.hook.responder_startup(app=live)
+    dry = make_app(data, dry_run=True)
+    sms = InboundSms(
+        gateway_id=next(_ids), src="13800138000", dst="", text=text, received_at=None, raw=""
+    )
+    message = live.store.journal(sms)
+
+    outcome = simulate(dry, message)
+    decision = process(live, message)
+
+    assert outcome.reason == live.store.message_state(message.id)[1] == decision.reason
+    assert outcome.plugin == (decision.reply.plugin if decision.reply else None)
+    assert outcome.parts == tuple(row.text for row in live.store.outbox_for(message.id))
 
 
 def test_simulate_file_runs_a_conversation(config, tmp_path, capsys):
@@ -152,6 +180,7 @@ def _history(sandbox, tmp_path, make_app, clock, keywords):
     """Messages processed under ``keywords``; returns the config dict."""
     data = config_dict(sandbox, tmp_path, keywords=keywords)
     app = make_app(data, clock=clock)
+    app.plugins.hook.responder_startup(app=app)
     for src, text in [
         ("13800138000", "CX 1"),
         ("13900139000", "hello"),

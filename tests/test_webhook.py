@@ -7,6 +7,7 @@ path is the point.
 
 from __future__ import annotations
 
+import argparse
 import email.utils
 import hmac
 import io
@@ -29,6 +30,7 @@ import responder_webhook as webhook
 
 from responder import __version__, hookimpl, pipeline
 from responder.app import App
+from responder.commands import CommandRegistry
 from responder.logs import configure_logging
 from responder.models import PLATFORM_TZ, InboundSms, Message, Reply
 from responder.sandbox import Sandbox
@@ -91,10 +93,25 @@ def receive(app: App, text: str = "查询订单", src: str = PHONE, dst: str = "
     return message
 
 
+def engine_for(app: App) -> Any:
+    """The delivery engine ``responder_startup`` started for ``app``."""
+    return webhook._engines[app]
+
+
+def command_run(app: App, argv: list[str]) -> int:
+    """Run ``responder webhook ARGV`` against ``app``, as the command line would."""
+    registry = CommandRegistry()
+    webhook.responder_register_commands(commands=registry)
+    command = registry.commands["webhook"]
+    parser = argparse.ArgumentParser(prog="responder webhook")
+    assert command.setup is not None
+    command.setup(parser)
+    return command.run(app, parser.parse_args(argv))
+
+
 def deliver(app: App) -> int:
     """One tick of the delivery job, waiting for what it started."""
-    engine = webhook.engine_for(app)
-    assert engine is not None
+    engine = engine_for(app)
     started = engine.tick()
     assert engine.wait(15)
     return started
@@ -202,11 +219,9 @@ def test_documented_verification_example_accepts_a_real_request_and_rejects_repl
     assert not verify("another-secret-of-16+", request.headers, request.body, now=clock.now)
 
 
-def test_opted_out_comes_from_the_optout_plugin(hook_app, receiver, monkeypatch) -> None:
-    monkeypatch.setattr(
-        responder_optout, "is_opted_out", lambda app, number: number == PHONE, raising=False
-    )
+def test_opted_out_comes_from_the_optout_list(hook_app, receiver) -> None:
     app = hook_app({"url": receiver.url()})
+    responder_optout.add_number(app, PHONE, message_id=None, source="manual", text="")
     receive(app, src=PHONE)
     receive(app, src=OTHER)
 
@@ -214,6 +229,16 @@ def test_opted_out_comes_from_the_optout_plugin(hook_app, receiver, monkeypatch)
 
     flags = {r.json()["src"]: r.json()["opted_out"] for r in receiver.received()}
     assert flags == {PHONE: True, OTHER: False}
+
+
+def test_opted_out_is_false_when_the_optout_plugin_is_off(hook_app, receiver) -> None:
+    app = hook_app({"url": receiver.url()}, plugins={"disabled": ["optout"]})
+    receive(app, text="TD")
+
+    deliver(app)
+
+    assert only_row(app)["state"] == "delivered"
+    assert receiver.received()[0].json()["opted_out"] is False
 
 
 def test_dropped_message_is_relayed_with_the_reason(hook_app, receiver) -> None:
@@ -426,7 +451,7 @@ def test_dead_letter_after_max_age_then_retry_command_delivers(
     assert "HTTP 502: bad gateway" in figures["crm: last dead letter"]
 
     receiver.default = Answer(status=200)
-    assert webhook.command_run(app, ["retry", "--target", "crm"]) == 0
+    assert command_run(app, ["retry", "--target", "crm"]) == 0
     deliver(app)
 
     assert "crm: 1 dead letter(s) re-queued" in capsys.readouterr().out
@@ -436,7 +461,7 @@ def test_dead_letter_after_max_age_then_retry_command_delivers(
 def test_retry_command_names_an_unknown_target(hook_app, receiver, capsys) -> None:
     app = hook_app({"url": receiver.url()})
 
-    assert webhook.command_run(app, ["retry", "--target", "nope"]) == 2
+    assert command_run(app, ["retry", "--target", "nope"]) == 2
 
     assert "no target 'nope' (targets: crm)" in capsys.readouterr().err
 
@@ -463,6 +488,25 @@ def test_retry_subcommand_through_the_cli(hook_app, receiver, tmp_path, sandbox,
 
     assert "crm: 1 dead letter(s) re-queued" in capsys.readouterr().out
     assert only_row(app)["state"] == "pending"
+
+
+def test_status_of_a_store_the_daemon_never_prepared_shows_nothing_pending(
+    make_app, sandbox, tmp_path
+) -> None:
+    target = {"name": "crm", "url": "http://127.0.0.1:9/hook", "secret": SECRET}
+    app = make_app(config_dict(sandbox, tmp_path, webhook={"targets": [target]}), dry_run=True)
+
+    figures = status(app)
+
+    assert (figures["pending"], figures["dead letters"]) == (0, 0)
+    assert figures["crm: circuit"] == "closed (0 failure(s) in a row)"
+    assert not app.store.query("SELECT 1 FROM sqlite_master WHERE name = 'webhook_deliveries'")
+
+
+def test_no_targets_and_no_deliveries_means_no_status_section(make_app, sandbox, tmp_path):
+    app = make_app(config_dict(sandbox, tmp_path), dry_run=True)
+
+    assert [s for s in app.status_sections() if s.title == "webhook"] == []
 
 
 # -- the circuit breaker ------------------------------------------------------------------
@@ -525,7 +569,7 @@ def test_slow_target_does_not_hold_up_another(hook_app, receiver) -> None:
             {"name": "fast", "url": receiver.url()},
         )
         receive(app)
-        engine = webhook.engine_for(app)
+        engine = engine_for(app)
         try:
             engine.tick()
             wait_for(lambda: slow.received() and receiver.received())
@@ -724,7 +768,7 @@ def test_fallback_is_sent_once_even_if_the_dead_letter_dies_again(
     message = receive(app)
     deliver(app)
 
-    webhook.command_run(app, ["retry"])
+    command_run(app, ["retry"])
     deliver(app)
 
     assert len(receiver.received()) == 2

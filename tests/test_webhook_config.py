@@ -1,19 +1,15 @@
-"""The webhook plugin's configuration, its keyword normalisation, and the log redactor."""
+"""The webhook plugin's configuration (secrets included) and the log redactor."""
 
 from __future__ import annotations
 
 import re
 import tomllib
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 import certifi
 import pytest
-import responder_keywords
 import responder_webhook as webhook
-from hypothesis import given
-from hypothesis import strategies as st
 
 from responder.config import Table
 from responder.logs import Redactor
@@ -174,6 +170,81 @@ def test_unreadable_secret_file_is_named(tmp_path) -> None:
     ]
 
 
+def _credentials(folder: Path, secret: str = SECRET, name: str = "crm") -> dict[str, str]:
+    """A $CREDENTIALS_DIRECTORY holding the target's credential, as systemd provides it."""
+    (folder / f"webhook-{name}-secret").write_text(secret + "\n", encoding="utf-8")
+    return {"CREDENTIALS_DIRECTORY": str(folder)}
+
+
+def test_secret_comes_from_the_systemd_credential(tmp_path) -> None:
+    target = {k: v for k, v in GOOD.items() if k != "secret"}
+
+    settings, problems = parse(target, environ=_credentials(tmp_path, "from-the-credential-1"))
+
+    assert problems == []
+    assert settings.targets[0].secret == "from-the-credential-1"
+
+
+@pytest.mark.parametrize(
+    ("given", "environ", "expected"),
+    [
+        ({"secret": SECRET}, {}, SECRET),
+        ({"secret_file": "crm.secret"}, {}, "from-the-secret-file"),
+        ({}, {"RESPONDER_WEBHOOK_CRM_SECRET": "from-the-environment-1"}, "from-the-environment-1"),
+        (
+            {"secret": SECRET},
+            {"RESPONDER_WEBHOOK_CRM_SECRET": "from-the-environment-1"},
+            "from-the-environment-1",
+        ),
+    ],
+    ids=["secret", "secret_file", "environment", "environment-over-secret"],
+)
+def test_the_credential_is_used_only_when_no_other_source_is_set(
+    tmp_path, given, environ, expected
+) -> None:
+    (tmp_path / "crm.secret").write_text("from-the-secret-file\n", encoding="utf-8")
+    target = {"name": "crm", "url": GOOD["url"], **given}
+    environ = {**_credentials(tmp_path, "from-the-credential-1"), **environ}
+
+    settings, problems = parse(target, environ=environ, file=str(tmp_path / "config.toml"))
+
+    assert problems == []
+    assert settings.targets[0].secret == expected
+
+
+def test_the_credential_is_named_after_its_target(tmp_path) -> None:
+    target = {"name": "order-svc", "url": GOOD["url"]}
+
+    settings, problems = parse(target, environ=_credentials(tmp_path, name="order-svc"))
+
+    assert problems == []
+    assert settings.targets[0].secret == SECRET
+
+
+def test_a_short_credential_is_named_without_echoing_it(tmp_path) -> None:
+    target = {k: v for k, v in GOOD.items() if k != "secret"}
+
+    _settings, problems = parse(target, environ=_credentials(tmp_path, "hunter2-pw"))
+
+    assert problems == [
+        f"{FILE}: webhook.targets[0].secret: the secret from the systemd credential "
+        "'webhook-crm-secret' must be at least 16 characters, got 10 "
+        "(make one with: openssl rand -hex 32)"
+    ]
+
+
+def test_no_secret_names_every_place_it_may_come_from(tmp_path) -> None:
+    target = {k: v for k, v in GOOD.items() if k != "secret"}
+
+    _settings, problems = parse(target, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+
+    assert problems == [
+        f"{FILE}: webhook.targets[0].secret: no secret: set secret, secret_file, the systemd "
+        "credential 'webhook-crm-secret' or the environment variable "
+        "RESPONDER_WEBHOOK_CRM_SECRET"
+    ]
+
+
 def test_secret_is_not_in_the_settings_repr() -> None:
     settings, _problems = parse({**GOOD, "headers": {"Authorization": "Bearer tok-123456"}})
 
@@ -228,59 +299,6 @@ def test_the_commented_example_targets_are_valid() -> None:
 
     assert problems == []
     assert [(t.name, t.mode) for t in settings.targets] == [("crm", "relay"), ("orders", "reply")]
-
-
-# -- normalisation --------------------------------------------------------------------------
-
-
-def test_the_keyword_plugins_normaliser_is_used_when_it_has_one() -> None:
-    own = getattr(responder_keywords, "normalise", None) or getattr(
-        responder_keywords, "normalize", None
-    )
-
-    assert webhook.keyword_normaliser() is (own or webhook.fallback_normalise)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("  ＣＸ　１２３！ ", "cx 123"),
-        ("Hello,   World!!", "hello, world"),
-        ("查询。", "查询"),
-        ("退订", "退订"),
-        ("ＳＴＯＰ", "stop"),
-        ("\t\n", ""),
-    ],
-)
-def test_fallback_normalise_examples(text, expected) -> None:
-    assert webhook.fallback_normalise(text) == expected
-
-
-@given(st.text())
-def test_fallback_normalise_is_idempotent(text) -> None:
-    once = webhook.fallback_normalise(text)
-
-    assert webhook.fallback_normalise(once) == once
-
-
-def _full_width(text: str) -> str:
-    return "".join(
-        "\u3000" if c == " " else chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text
-    )
-
-
-@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
-def test_fallback_normalise_equates_full_and_half_width(text) -> None:
-    assert webhook.fallback_normalise(_full_width(text)) == webhook.fallback_normalise(text)
-
-
-@given(st.text())
-def test_fallback_normalise_leaves_no_edge_space_or_trailing_punctuation(text) -> None:
-    result = webhook.fallback_normalise(text)
-
-    assert result == result.strip()
-    assert "  " not in result
-    assert not result or unicodedata.category(result[-1])[0] not in "PZ"
 
 
 # -- the redactor ---------------------------------------------------------------------------
