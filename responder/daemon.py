@@ -158,6 +158,7 @@ class Daemon:
         settings = self._settings()
         self._configure_logs(settings)
         self.store = Store(settings.store.path, clock=self.clock)
+        self.store.claim_exclusive()
         app = build_app(
             settings, store=self.store, clock=self.clock, extra_plugins=self.extra_plugins
         )

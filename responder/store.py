@@ -8,6 +8,8 @@ state it reached. Plugins keep their own tables here too (``migrate``).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from responder.models import InboundSms, Message
 
@@ -176,6 +178,7 @@ class Store:
         self.clock = clock
         self._synchronous = synchronous
         self._local = threading.local()
+        self._exclusive: TextIO | None = None
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -240,6 +243,9 @@ class Store:
             raise
 
     def close(self) -> None:
+        if self._exclusive is not None:
+            self._exclusive.close()
+            self._exclusive = None
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -279,6 +285,30 @@ class Store:
                     "ON CONFLICT (owner) DO UPDATE SET version = excluded.version",
                     (owner, number),
                 )
+
+    def claim_exclusive(self) -> None:
+        """Make sure no other daemon uses this store; raise StoreError naming its pid if one does.
+
+        Two daemons on one store would each keep their own read interval, and read the
+        account twice as often as the platform allows. The lock is an flock on
+        ``<store>.lock``, released by close() or when the process dies, however it dies.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StoreError(
+                f"another responder (pid {holder}) is running with the store {str(self.path)!r}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._exclusive = handle
 
     # -- meta ------------------------------------------------------------------------
 

@@ -161,3 +161,14 @@ def test_a_broken_config_exits_2_naming_the_key(sandbox, tmp_path, daemons):
     daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
     assert daemon.wait() == 2
     assert "gateway.method: must be one of" in daemon.log()
+
+
+def test_a_second_daemon_on_the_same_store_refuses_to_start(sandbox, config, tmp_path, daemons):
+    """Two daemons would read the account twice as often as the interval allows."""
+    first = daemons(config, tmp_path / "first.log")
+    first.wait_for_log("daemon_started")
+    second = daemons(config, tmp_path / "second.log")
+    assert second.wait() == 1
+    assert f"another responder (pid {first.process.pid})" in second.log()
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
