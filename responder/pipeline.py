@@ -21,6 +21,8 @@ from responder.text import SMS_LIMIT, clean_control, fit_parts, make_encodable
 log = structlog.get_logger("responder.pipeline")
 
 NO_RECIPIENT = "no number to reply to (the message has no sender number)"
+MAX_ATTEMPTS = 3
+"""Times processing a message may begin before it is set aside."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +178,19 @@ def outgoing(app: App, message: Message, reply: Reply, composed: Composed) -> li
 
 
 def process(app: App, message: Message) -> Decision:
-    """Run a journaled message through the plugins and commit the outcome with its replies."""
+    """Run a journaled message through the plugins and commit the outcome with its replies.
+
+    A message whose processing began MAX_ATTEMPTS times without finishing (a plugin that
+    hangs or kills the process on it, and the daemon was restarted each time) is set
+    aside, so the messages behind it are answered.
+    """
     bound = log.bind(message_id=message.id, src=message.src)
+    attempt = app.store.begin_processing(message.id)
+    if attempt > MAX_ATTEMPTS:
+        reason = f"set aside: processing did not finish in {MAX_ATTEMPTS} attempts"
+        bound.error("message_set_aside", reason=reason, action="see the log of the attempts")
+        app.store.finish_message(message.id, outgoing=[], reason=reason, state=FAILED)
+        return Decision(message=message)
     try:
         decision = decide(app, message)
     except (StoreError, sqlite3.Error):

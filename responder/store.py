@@ -64,6 +64,10 @@ SCHEMA: Final = (
     CREATE INDEX outbox_by_message ON outbox (message_id);
     CREATE TABLE plugin_schema (owner TEXT PRIMARY KEY, version INTEGER NOT NULL);
     """,
+    # version 2: how often processing a message began, to set aside one that never finishes
+    """
+    ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 """Core schema migrations; the database's ``user_version`` counts those applied."""
 
@@ -338,10 +342,15 @@ class Store:
         power cut can lose it, and the reboot after one outlasts any read interval. A
         later synced commit (a journaled message) makes it durable anyway.
         """
+        with self._unsynced():
+            self.set_meta(key, value)
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
         conn = self._connection()
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            self.set_meta(key, value)
+            yield
         finally:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
@@ -397,6 +406,16 @@ class Store:
         """The oldest message no plugin has finished with."""
         rows = self.query("SELECT * FROM messages WHERE state = ? ORDER BY id LIMIT 1", (RECEIVED,))
         return _message(rows[0]) if rows else None
+
+    def begin_processing(self, message_id: int) -> int:
+        """Count an attempt to process a message, before any plugin sees it; returns the count.
+
+        Not flushed: a count lost to a power cut only allows one attempt more.
+        """
+        with self._unsynced(), self.transaction() as tx:
+            tx.execute("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", (message_id,))
+            row = tx.execute("SELECT attempts FROM messages WHERE id = ?", (message_id,))
+            return row.fetchone()[0]
 
     def messages_since(self, moment: float) -> list[Message]:
         rows = self.query("SELECT * FROM messages WHERE journaled_at >= ? ORDER BY id", (moment,))

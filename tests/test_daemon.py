@@ -172,3 +172,26 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(sandbox, config, tmp
     assert f"another responder (pid {first.process.pid})" in second.log()
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
+
+
+def test_a_message_that_kills_the_daemon_every_time_is_set_aside(sandbox, tmp_path, daemons):
+    """Under systemd a crash loop on one message would otherwise stop every reply."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "crash.py").write_text(
+        "import os\nfrom responder import hookimpl\n\n"
+        "@hookimpl\ndef responder_reply(message):\n"
+        "    if message.text == 'BOOM':\n        os._exit(3)\n"
+    )
+    data = config_dict(sandbox, tmp_path, keywords=RULES, plugins={"paths": [str(folder)]})
+    config = write_config(tmp_path / "config.toml", data)
+    sandbox.inject("13900139000", "BOOM")
+    for attempt in range(3):
+        assert daemons(config, tmp_path / f"crash{attempt}.log").wait() == 3
+    sandbox.inject("13800138000", "CX")
+    daemon = daemons(config, tmp_path / "last.log")
+    wait_for(lambda: replies_to(sandbox, "13800138000"))
+    assert "message_set_aside" in daemon.log()
+    assert replies_to(sandbox, "13900139000") == []
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()
