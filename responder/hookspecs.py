@@ -115,7 +115,9 @@ def responder_after_send(app: App, message: Message, reply: Reply, delivery: Del
     """See the outcome of every send attempt of an outgoing SMS.
 
     Called for every plugin after each attempt, with a ``Delivery`` whose ``status`` is
-    "sent", "refused", "retrying", "dead" or "uncertain". Return value ignored.
+    "sent", "refused", "retrying", "dead" or "uncertain"; also at start-up for each send
+    a previous process left under way ("uncertain", or "dead" when giving up). Return
+    value ignored.
     """
 
 
