@@ -35,6 +35,7 @@ import responder_optout
 import structlog
 
 from responder import __version__
+from responder.gateway import error_reason
 from responder.logs import REDACTED, redactor
 from responder.models import PLATFORM_TZ, Message, Reply
 from responder.normalise import is_mobile
@@ -309,10 +310,6 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
-def _reason(err: Exception) -> str:
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-
-
 def _excerpt(body: bytes) -> str:
     text = body[:EXCERPT].decode("utf-8", errors="replace")
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
@@ -372,10 +369,10 @@ class TargetClient:
             return Outcome("permanent", None, f"more than {MAX_REDIRECTS} redirects")
         except httpx.TimeoutException as err:
             return Outcome(
-                "retry", None, f"timed out after {self.target.timeout:g} s ({_reason(err)})"
+                "retry", None, f"timed out after {self.target.timeout:g} s ({error_reason(err)})"
             )
         except httpx.TransportError as err:
-            return Outcome("retry", None, _reason(err))
+            return Outcome("retry", None, error_reason(err))
 
     def _outcome(
         self,

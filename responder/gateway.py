@@ -253,13 +253,13 @@ class GatewayClient:
             try:
                 response = self._request(where, body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
-                last = TransientError(f"cannot connect: {_reason(err)}", where=where)
-                log.warning("gateway_unreachable", where=where, reason=_reason(err))
+                last = TransientError(f"cannot connect: {error_reason(err)}", where=where)
+                log.warning("gateway_unreachable", where=where, reason=error_reason(err))
                 continue
             except httpx.HTTPError as err:
                 # The request left: a send may have gone out, a read may have consumed a message.
                 self._preferred = (index + 1) % len(self.settings.base_urls)
-                raise OutcomeUnknown(f"no answer: {_reason(err)}", where=where) from None
+                raise OutcomeUnknown(f"no answer: {error_reason(err)}", where=where) from None
             if response.status_code != 200:
                 excerpt = response.text[:_EXCERPT]
                 last = TransientError(
@@ -295,8 +295,8 @@ class GatewayClient:
         )
 
 
-def _reason(err: Exception) -> str:
-    """An httpx error's reason without its request (whose URL may carry the password)."""
+def error_reason(err: Exception) -> str:
+    """An httpx error's reason without its request (whose URL may carry a secret)."""
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
