@@ -356,7 +356,7 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
     if not name:
         table.error("name", "is required: the enterprise account's login name")
     password = _password(table, environ, need_password)
-    encoding = table.get_str("encoding", "gbk")
+    encoding = table.get_str("encoding", GatewaySettings.encoding)
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -369,7 +369,9 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
             where = key if key == "name" or "password" in table.data else "password_file"
             table.error(where, f"has characters the gateway encoding {encoding!r} cannot carry")
     local = bool(base_urls) and all(is_loopback_url(url) for url in base_urls)
-    poll_interval = table.get_float("poll_interval", 6.0, min=0, unit="seconds")
+    poll_interval = table.get_float(
+        "poll_interval", GatewaySettings.poll_interval, min=0, unit="seconds"
+    )
     if poll_interval < MIN_POLL_INTERVAL and not local:
         table.error(
             "poll_interval",
@@ -377,7 +379,7 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
             f"reads), got {poll_interval:g}",
         )
         poll_interval = MIN_POLL_INTERVAL
-    sender = table.get_str("sender", "")
+    sender = table.get_str("sender", GatewaySettings.sender)
     if sender and not sender.isdigit():
         table.error("sender", f"must be digits only (appended to the service code), got {sender!r}")
     settings = GatewaySettings(
@@ -385,11 +387,15 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
         name=name,
         password=password,
         encoding=encoding,
-        method=table.get_str("method", "post", choices=("post", "get")),
+        method=table.get_str("method", GatewaySettings.method, choices=("post", "get")),
         poll_interval=poll_interval,
-        timeout=table.get_float("timeout", 10.0, min=0.1, max=120, unit="seconds"),
-        max_recipients=table.get_int("max_recipients", 100, min=1, max=1000),
-        long_sms=table.get_bool("long_sms", False),
+        timeout=table.get_float(
+            "timeout", GatewaySettings.timeout, min=0.1, max=120, unit="seconds"
+        ),
+        max_recipients=table.get_int(
+            "max_recipients", GatewaySettings.max_recipients, min=1, max=1000
+        ),
+        long_sms=table.get_bool("long_sms", GatewaySettings.long_sms),
         sender=sender,
     )
     table.finish()
@@ -438,8 +444,10 @@ def _store(table: Table, environ: Mapping[str, str]) -> StoreSettings:
 
 def _log(table: Table) -> LogSettings:
     settings = LogSettings(
-        format=table.get_str("format", "auto", choices=("auto", "json", "console")),
-        level=table.get_str("level", "info", choices=("debug", "info", "warning", "error")).lower(),
+        format=table.get_str("format", LogSettings.format, choices=("auto", "json", "console")),
+        level=table.get_str(
+            "level", LogSettings.level, choices=("debug", "info", "warning", "error")
+        ).lower(),
     )
     table.finish()
     return settings
@@ -459,15 +467,19 @@ def _plugins(table: Table) -> PluginSettings:
 
 def _replies(table: Table) -> ReplySettings:
     settings = ReplySettings(
-        signature=table.get_str("signature", ""),
+        signature=table.get_str("signature", ReplySettings.signature),
         signature_position=table.get_str(
-            "signature_position", "prefix", choices=("prefix", "suffix")
+            "signature_position", ReplySettings.signature_position, choices=("prefix", "suffix")
         ),
-        max_parts=table.get_int("max_parts", 3, min=1, max=10),
-        max_attempts=table.get_int("max_attempts", 10, min=1, max=1000),
-        retry_initial=table.get_float("retry_initial", 5.0, min=0, unit="seconds"),
-        retry_max=table.get_float("retry_max", 600.0, min=0, unit="seconds"),
-        on_uncertain=table.get_str("on_uncertain", "resend", choices=("resend", "give_up")),
+        max_parts=table.get_int("max_parts", ReplySettings.max_parts, min=1, max=10),
+        max_attempts=table.get_int("max_attempts", ReplySettings.max_attempts, min=1, max=1000),
+        retry_initial=table.get_float(
+            "retry_initial", ReplySettings.retry_initial, min=0, unit="seconds"
+        ),
+        retry_max=table.get_float("retry_max", ReplySettings.retry_max, min=0, unit="seconds"),
+        on_uncertain=table.get_str(
+            "on_uncertain", ReplySettings.on_uncertain, choices=("resend", "give_up")
+        ),
     )
     if len(settings.signature) > 20:
         table.error("signature", f"must be at most 20 characters, got {len(settings.signature)}")
@@ -476,7 +488,7 @@ def _replies(table: Table) -> ReplySettings:
 
 
 def _metrics(table: Table) -> MetricsSettings:
-    listen = table.get_str("listen", "")
+    listen = table.get_str("listen", MetricsSettings.listen)
     if listen:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
