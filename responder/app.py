@@ -104,10 +104,13 @@ def build_app(
     if host.problems or problems:
         raise ConfigError([*host.problems, *problems])
     store = store or Store(settings.store.path, clock=clock)
+    timeout = settings.gateway.timeout
     gate = ReadGate(
         settings.gateway.poll_interval,
-        last_read=store.last_read_at(),
-        on_read=store.set_last_read_at,
+        timeout=timeout,
+        last_read=ReadGate.resume_from(store.last_read_at(), store.last_read_end(), timeout),
+        on_begin=store.set_last_read_at,
+        on_end=store.set_last_read_end,
         clock=clock,
     )
     gateway = GatewayClient(settings.gateway, read_gate=gate)

@@ -70,33 +70,51 @@ class LoginError(GatewayError):
 class ReadGate:
     """Keeps readsms calls at least ``interval`` seconds apart, across restarts.
 
-    The platform counts the interval between calls. ``begin`` reports each call's start
-    through ``on_read`` before the request leaves (the store keeps it, so a restart waits
-    out the rest); ``end`` notes when the answer came, in memory only, so that within a
-    process the next call waits a full interval after a slow answer too.
+    The platform counts the interval between the arrivals of two calls. Each call's start
+    (before the request leaves) and end are reported through ``on_begin`` and ``on_end``
+    for the store to keep; ``resume_from`` turns what was kept into where a restarted
+    process must count from.
     """
 
     def __init__(
         self,
         interval: float,
         *,
+        timeout: float = 0.0,
         last_read: float | None = None,
-        on_read: Callable[[float], None] | None = None,
+        on_begin: Callable[[float], None] | None = None,
+        on_end: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.interval = interval
+        self.timeout = timeout
         self.last_read = last_read
-        self._on_read = on_read
+        self._on_begin = on_begin
+        self._on_end = on_end
         self._clock = clock
         self._sleep = sleep
+
+    @staticmethod
+    def resume_from(started: float | None, ended: float | None, timeout: float) -> float | None:
+        """Where to count the interval from, given the last call's recorded start and end.
+
+        A call that started but never ended (the process died during it) may have reached
+        the server as late as its start plus the timeout.
+        """
+        if started is None:
+            return ended
+        if ended is not None and ended >= started:
+            return ended
+        return started + timeout
 
     def seconds_left(self) -> float:
         if self.last_read is None:
             return 0.0
         elapsed = self._clock() - self.last_read
-        # A clock that went backwards must not block reads for longer than one interval.
-        return min(max(self.interval - elapsed, 0.0), self.interval)
+        # Never longer than after a call cut short by a crash: a clock that went backwards
+        # must not block reads for long.
+        return min(max(self.interval - elapsed, 0.0), self.interval + self.timeout)
 
     def wait(self) -> None:
         while (left := self.seconds_left()) > 0:
@@ -104,11 +122,13 @@ class ReadGate:
 
     def begin(self) -> None:
         self.last_read = self._clock()
-        if self._on_read is not None:
-            self._on_read(self.last_read)
+        if self._on_begin is not None:
+            self._on_begin(self.last_read)
 
     def end(self) -> None:
         self.last_read = self._clock()
+        if self._on_end is not None:
+            self._on_end(self.last_read)
 
 
 def is_login_failure(fields: dict[str, str]) -> bool:
@@ -127,7 +147,7 @@ class GatewayClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.settings = settings
-        self.read_gate = read_gate or ReadGate(settings.poll_interval)
+        self.read_gate = read_gate or ReadGate(settings.poll_interval, timeout=settings.timeout)
         self._preferred = 0
         self._http = httpx.Client(
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 5.0)),

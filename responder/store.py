@@ -333,7 +333,16 @@ class Store:
         return float(value) if value else None
 
     def set_last_read_at(self, moment: float) -> None:
+        """When the latest read began (before its request left)."""
         self._set_meta_unsynced("last_read_at", repr(moment))
+
+    def last_read_end(self) -> float | None:
+        value = self.get_meta("last_read_end")
+        return float(value) if value else None
+
+    def set_last_read_end(self, moment: float) -> None:
+        """When the latest read's answer came (or the call failed)."""
+        self._set_meta_unsynced("last_read_end", repr(moment))
 
     def _set_meta_unsynced(self, key: str, value: str) -> None:
         """Commit read bookkeeping without waiting for the disk (one fsync less per read).

@@ -199,18 +199,21 @@ def test_read_gate_waits_out_the_interval_from_the_last_read():
     assert slept == [4.0]
 
 
-def test_read_gate_never_waits_longer_than_one_interval_when_the_clock_went_back():
+def test_read_gate_waits_no_longer_than_after_a_cut_call_when_the_clock_went_back():
     clock = Clock()
-    gate = ReadGate(6.0, last_read=clock.now + 3600, clock=clock)
-    assert gate.seconds_left() == 6.0
+    gate = ReadGate(6.0, timeout=10.0, last_read=clock.now + 3600, clock=clock)
+    assert gate.seconds_left() == 16.0
 
 
-def test_read_gate_reports_each_read_start_for_persistence():
+def test_read_gate_reports_each_call_start_and_end_for_persistence():
     clock = Clock()
-    seen: list[float] = []
-    gate = ReadGate(6.0, clock=clock, on_read=seen.append)
+    begun: list[float] = []
+    ended: list[float] = []
+    gate = ReadGate(6.0, clock=clock, on_begin=begun.append, on_end=ended.append)
     gate.begin()
-    assert seen == [clock.now]
+    clock.advance(2)
+    gate.end()
+    assert (begun, ended) == ([clock.now - 2], [clock.now])
 
 
 def test_read_gate_waits_a_full_interval_after_a_slow_answer():
@@ -221,6 +224,19 @@ def test_read_gate_waits_a_full_interval_after_a_slow_answer():
     gate.end()
     clock.advance(5)
     assert gate.seconds_left() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("started", "ended", "resume"),
+    [
+        (None, None, None),
+        (100.0, 103.0, 103.0),  # the last call ended: count from its end
+        (100.0, 90.0, 110.0),  # died during the call: it may have arrived until the timeout
+        (100.0, None, 110.0),
+    ],
+)
+def test_a_restart_counts_the_interval_from_the_latest_possible_arrival(started, ended, resume):
+    assert ReadGate.resume_from(started, ended, timeout=10.0) == resume
 
 
 @pytest.mark.parametrize("method", ["post", "get"])
