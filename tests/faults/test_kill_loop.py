@@ -92,6 +92,7 @@ def run_kill_loop(gateway, tmp_path, daemons, fault_report, receiver) -> None:
     gateway.clear_faults()
     final = daemons(config, tmp_path / "final.log")
     wait_for(lambda: settled(gateway, db) and webhooks_done(db), timeout=45)
+    final.wait_for_log('"daemon_started"')  # its signal handlers are in place from here
     final.signal(signal.SIGTERM)
     assert final.wait() == 0, final.log()
     logs.append(final.log())
