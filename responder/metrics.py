@@ -124,30 +124,27 @@ class ResponderCollector:
         up.add_metric([], 1)
         yield up
 
-        family = gauge("messages", "messages in the store, by state", ("state",))
-        for state, count in sorted(figures.messages.items()):
-            family.add_metric([state], count)
-        yield family
-        family = gauge(
-            "unanswered_messages",
-            "messages that got no reply, by who decided (a plugin, 'no reply', 'empty reply')",
-            ("by",),
+        labelled = (
+            ("messages", "messages in the store, by state", ("state",), figures.messages),
+            (
+                "unanswered_messages",
+                "messages that got no reply, by who decided (a plugin, 'no reply', 'empty reply')",
+                ("by",),
+                figures.unanswered,
+            ),
+            ("outbox", "outgoing SMS in the store, by state", ("state",), figures.outbox),
+            (
+                "sends",
+                "outgoing SMS attempted, by result (sent, dead, retrying) and the last errid",
+                ("result", "errid"),
+                figures.sends,
+            ),
         )
-        for who, count in sorted(figures.unanswered.items()):
-            family.add_metric([who], count)
-        yield family
-        family = gauge("outbox", "outgoing SMS in the store, by state", ("state",))
-        for state, count in sorted(figures.outbox.items()):
-            family.add_metric([state], count)
-        yield family
-        family = gauge(
-            "sends",
-            "outgoing SMS attempted, by result (sent, dead, retrying) and the last errid",
-            ("result", "errid"),
-        )
-        for (result, errid), count in sorted(figures.sends.items()):
-            family.add_metric([result, errid], count)
-        yield family
+        for name, doc, labels, counts in labelled:
+            family = gauge(name, doc, labels)
+            for key, count in sorted(counts.items()):
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+            yield family
         for name, doc, value in (
             ("outbox_depth", "SMS waiting to be sent (pending or sending)", figures.outbox_depth),
             ("dead_letters", "SMS given up on", figures.dead_letters),

@@ -119,39 +119,33 @@ def test_plugins_lists_built_ins_and_their_hooks(sandbox, tmp_path):
     assert "    responder_reply" in result.stdout
 
 
-def test_plugins_shows_a_drop_in_file_as_coming_from_a_path(sandbox, tmp_path):
+def config_with_drop_in(sandbox, tmp_path, name: str, code: str):
+    """A configuration loading one drop-in plugin file; returns (config, plugin file)."""
     folder = tmp_path / "plugins"
     folder.mkdir()
-    (folder / "hello.py").write_text(
-        "from responder import hookimpl\n\n"
-        "@hookimpl\ndef responder_reply(message):\n    return None\n"
-    )
+    (folder / f"{name}.py").write_text(code)
     data = config_dict(sandbox, tmp_path, plugins={"paths": [str(folder)]})
-    config = write_config(tmp_path / "config.toml", data)
+    return write_config(tmp_path / "config.toml", data), folder / f"{name}.py"
+
+
+def test_plugins_shows_a_drop_in_file_as_coming_from_a_path(sandbox, tmp_path):
+    code = "from responder import hookimpl\n\n@hookimpl\ndef responder_reply(message):\n    pass\n"
+    config, file = config_with_drop_in(sandbox, tmp_path, "hello", code)
     result = responder("plugins", "-c", str(config))
-    assert f"hello  (path: {folder / 'hello.py'})" in result.stdout
+    assert f"hello  (path: {file})" in result.stdout
 
 
 def test_a_misspelled_hook_is_reported_at_start_up(sandbox, tmp_path):
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "typo.py").write_text(
-        "from responder import hookimpl\n\n"
-        "@hookimpl\ndef responder_replly(message):\n    return None\n"
-    )
-    data = config_dict(sandbox, tmp_path, plugins={"paths": [str(folder)]})
-    config = write_config(tmp_path / "config.toml", data)
+    code = "from responder import hookimpl\n\n@hookimpl\ndef responder_replly(message):\n    pass\n"
+    config, _ = config_with_drop_in(sandbox, tmp_path, "typo", code)
     result = responder("check", "-c", str(config))
     assert result.returncode == 2
     assert "plugin 'typo'" in result.stderr and "responder_replly" in result.stderr
 
 
 def test_a_plugin_that_fails_to_import_is_named(sandbox, tmp_path):
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "broken.py").write_text("raise ImportError('missing dependency')\n")
-    data = config_dict(sandbox, tmp_path, plugins={"paths": [str(folder)]})
-    config = write_config(tmp_path / "config.toml", data)
+    code = "raise ImportError('missing dependency')\n"
+    config, _ = config_with_drop_in(sandbox, tmp_path, "broken", code)
     result = responder("check", "-c", str(config))
     assert result.returncode == 2
     assert "plugin 'broken'" in result.stderr and "missing dependency" in result.stderr

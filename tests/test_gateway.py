@@ -152,38 +152,37 @@ def test_failover_to_the_second_address_when_the_first_is_down(tmp_path):
         assert [s.text for s in second.sent()] == ["one", "two"]
 
 
-def test_the_address_that_answered_stays_preferred(tmp_path):
+@pytest.fixture
+def two_gateways(tmp_path):
+    """Two simulators of one account, and a client that has both addresses, a's first."""
     with (
         Sandbox(name="acct", password=PASSWORD, min_read_interval=0) as a,
         Sandbox(name="acct", password=PASSWORD, min_read_interval=0) as b,
     ):
         data = config_dict(a, tmp_path)
         data["gateway"]["base_urls"] = [a.url, b.url]
-        settings = settings_from_dict(data, environ={})
-        with GatewayClient(settings.gateway) as client:
-            a.set_fault("status500", endpoint="send", count=1)
-            client.send(["13800138000"], "one")
-            client.send(["13800138000"], "two")
-        assert [s.text for s in b.sent()] == ["one", "two"]
-        assert a.sent() == []
+        with GatewayClient(settings_from_dict(data, environ={}).gateway) as client:
+            yield a, b, client
 
 
-def test_a_read_is_not_retried_elsewhere_at_once_after_a_5xx(tmp_path):
+def test_the_address_that_answered_stays_preferred(two_gateways):
+    a, b, client = two_gateways
+    a.set_fault("status500", endpoint="send", count=1)
+    client.send(["13800138000"], "one")
+    client.send(["13800138000"], "two")
+    assert [s.text for s in b.sent()] == ["one", "two"]
+    assert a.sent() == []
+
+
+def test_a_read_is_not_retried_elsewhere_at_once_after_a_5xx(two_gateways):
     """Reading another address right away could break the account's read interval."""
-    with (
-        Sandbox(name="acct", password=PASSWORD, min_read_interval=0) as a,
-        Sandbox(name="acct", password=PASSWORD, min_read_interval=0) as b,
-    ):
-        data = config_dict(a, tmp_path)
-        data["gateway"]["base_urls"] = [a.url, b.url]
-        settings = settings_from_dict(data, environ={})
-        a.set_fault("status500", endpoint="read", count=1)
-        with GatewayClient(settings.gateway) as client:
-            with pytest.raises(TransientError):
-                client.read_one()
-            assert b.stats().reads == 0
-            client.read_one()
-        assert b.stats().reads == 1
+    a, b, client = two_gateways
+    a.set_fault("status500", endpoint="read", count=1)
+    with pytest.raises(TransientError):
+        client.read_one()
+    assert b.stats().reads == 0
+    client.read_one()
+    assert b.stats().reads == 1
 
 
 def test_read_gate_waits_out_the_interval_from_the_last_read():
