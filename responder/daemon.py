@@ -129,7 +129,6 @@ class Daemon:
         self._paused = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
         self.jobs: dict[str, LoopJob] = {}
-        self.last_read_ok: float | None = None
         self.supervisor = Supervisor(self)
         self.metrics: MetricsServer | None = None
 
@@ -398,7 +397,6 @@ class Daemon:
             self.supervisor.read_answered("error", f"unexpected {type(err).__name__}")
             raise
         self._read_failures = 0
-        self.last_read_ok = app.time()
         if sms is None:
             self.supervisor.read_answered("empty")
             return False

@@ -108,6 +108,8 @@ class Supervisor:
         self.ready = False
         self.read_errors = 0
         """Failed reads in a row."""
+        self.last_read_ok: float | None = None
+        """When a read last got an answer, in this process."""
         self._read_ok_saved_at = float("-inf")
         self.last_error = ""
         self._withheld: str | None = None
@@ -144,11 +146,13 @@ class Supervisor:
         else:
             self.read_errors = 0
             self.last_error = ""
-            # Saved for `responder status` at most once a second: a busy stream of reads
-            # must not pay a write each.
-            if app is not None and app.time() - self._read_ok_saved_at >= 1.0:
-                self._read_ok_saved_at = app.time()
-                app.store.set_last_read_ok_at(self._read_ok_saved_at)
+            if app is not None:
+                self.last_read_ok = app.time()
+                # Saved for `responder status` at most once a second: a busy stream of
+                # reads must not pay a write each.
+                if self.last_read_ok - self._read_ok_saved_at >= 1.0:
+                    self._read_ok_saved_at = self.last_read_ok
+                    app.store.set_last_read_ok_at(self.last_read_ok)
         if not self.ready:
             self.ready = True
             if result == "error":
@@ -230,7 +234,7 @@ class Supervisor:
             parts.append(f"reads failing ({self.read_errors} in a row: {self.last_error})")
         if self._withheld is not None:
             parts.append(f"wedged: {self._withheld}")
-        last = self.daemon.last_read_ok
+        last = self.last_read_ok
         parts.append(
             "no successful read yet" if last is None else f"last read {app.time() - last:.0f} s ago"
         )
