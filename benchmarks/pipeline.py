@@ -108,6 +108,7 @@ def write_config(folder: Path, url: str, poll_interval: float) -> Path:
         f"name = {toml_value(ACCOUNT)}",
         f"password = {toml_value(PASSWORD)}",
         f"poll_interval = {poll_interval}",
+        "simulator = true",
         "[store]",
         f"path = {toml_value(str(folder / 'responder.db'))}",
         "[log]",

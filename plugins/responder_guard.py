@@ -3,7 +3,9 @@
 The filter drops messages from numbers that must never be answered automatically (no
 sender, the account's own numbers, the ignore list, anything that is not a mobile
 number). The before-send hook limits replies to a sender (per number per window) and
-stops a ping-pong with another auto-responder (the same text again and again). Every drop
+stops a ping-pong with another auto-responder (the same text again and again, in a row).
+The defaults let a customer walk through a menu (20 replies per 10 minutes) and cut a loop
+with another auto-responder at its third identical message. Every drop
 is logged and counted in ``responder status``; the store reads it back from the
 messages' reasons, so nothing here writes to the store.
 """
@@ -22,6 +24,8 @@ from responder.normalise import MOBILE, MOBILE_PATTERN, canonical_number, compac
 PLUGIN: Final = "guard"
 _LATE_REPLY_SLACK: Final = 86400.0
 """How long before a window a message may have been received and still be answered in it."""
+_NEVER_STORED: Final = 2**63 - 1
+"""The id bound for a simulated message (id 0): every stored message came before it."""
 
 # Reasons, stored as "guard: <reason>": ``responder status`` groups by them.
 NO_SENDER: Final = "no sender number"
@@ -35,7 +39,7 @@ REASONS: Final = (NO_SENDER, OWN_NUMBER, IGNORED, NOT_MOBILE, PING_PONG, RATE_LI
 
 @dataclass(frozen=True)
 class GuardSettings:
-    max_replies: int = 5
+    max_replies: int = 20
     """Replies per sender per ``window``; 0 = no limit."""
     window: float = 600.0
     ignore: tuple[str, ...] = ()
@@ -44,8 +48,8 @@ class GuardSettings:
     mobile_only: bool = True
     mobile_pattern: re.Pattern[str] = MOBILE
     pingpong_repeats: int = 3
-    """The same text this many times (this message included) within ``pingpong_window``
-    stops the replies; 0 = off."""
+    """The same text this many times in a row (this message included) within
+    ``pingpong_window`` stops the replies; 0 = off."""
     pingpong_window: float = 600.0
 
 
@@ -71,14 +75,16 @@ def parse(table: Table) -> GuardSettings:
         table.error("mobile_pattern", f"must be a regular expression: {err}")
         pattern = MOBILE
     return GuardSettings(
-        max_replies=table.get_int("max_replies", 5, min=0),
-        window=table.get_float("window", 600.0, min=1, unit="seconds"),
+        max_replies=table.get_int("max_replies", GuardSettings.max_replies, min=0),
+        window=table.get_float("window", GuardSettings.window, min=1, unit="seconds"),
         ignore=_numbers(table, "ignore", wildcard=True),
         own_numbers=_numbers(table, "own_numbers", wildcard=False),
         mobile_only=table.get_bool("mobile_only", True),
         mobile_pattern=pattern,
-        pingpong_repeats=table.get_int("pingpong_repeats", 3, min=0),
-        pingpong_window=table.get_float("pingpong_window", 600.0, min=1, unit="seconds"),
+        pingpong_repeats=table.get_int("pingpong_repeats", GuardSettings.pingpong_repeats, min=0),
+        pingpong_window=table.get_float(
+            "pingpong_window", GuardSettings.pingpong_window, min=1, unit="seconds"
+        ),
     )
 
 
@@ -109,15 +115,28 @@ def replies_to(app: Any, number: str, since: float) -> int:
     return rows[0][0]
 
 
-def repeats(app: Any, message: Message, since: float) -> int:
-    """How often the sender sent this (normalised) text since ``since``, this one included."""
+def repeats(app: Any, message: Message, since: float, limit: int) -> int:
+    """How many times in a row, up to this one, the sender sent this (normalised) text
+    since ``since``; counts up to ``limit``.
+
+    Only an unbroken run counts: a customer going back to a menu ("0", "1", "0", "2", "0")
+    repeats a text without repeating themselves; another auto-responder answering ours
+    sends its one text every time.
+    """
+    before = message.id if message.id > 0 else _NEVER_STORED
     rows = app.store.query(
         "SELECT text FROM messages"
-        " WHERE src = ? AND journaled_at >= ? AND journaled_at <= ? AND id != ?",
-        (message.src, since, app.time(), message.id),
+        " WHERE src = ? AND journaled_at >= ? AND journaled_at <= ? AND id < ?"
+        " ORDER BY id DESC LIMIT ?",
+        (message.src, since, app.time(), before, max(limit - 1, 0)),
     )
     text = normalise(message.text)
-    return 1 + sum(1 for row in rows if normalise(row[0]) == text)
+    count = 1
+    for row in rows:
+        if normalise(row[0]) != text:
+            break
+        count += 1
+    return count
 
 
 @hookimpl(trylast=True)
@@ -141,10 +160,12 @@ def responder_before_send(app: Any, message: Message, reply: Reply) -> Veto | No
     now = app.time()
     reason = None
     if settings.pingpong_repeats:
-        count = repeats(app, message, now - settings.pingpong_window)
+        count = repeats(
+            app, message, now - settings.pingpong_window, limit=settings.pingpong_repeats
+        )
         if count >= settings.pingpong_repeats:
             reason = PING_PONG
-            detail = f"the same text {count} times in {settings.pingpong_window:g} s"
+            detail = f"the same text {count} times in a row in {settings.pingpong_window:g} s"
     if reason is None and settings.max_replies:
         count = replies_to(app, message.src, now - settings.window)
         if count >= settings.max_replies:

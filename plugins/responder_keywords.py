@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import re
 import string
+import unicodedata
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -63,11 +64,25 @@ def _display_offset(display: str, key_offset: int) -> int:
     return len(display)
 
 
-def _rest(display: str, start: int) -> str:
-    """What follows a keyword: the display text from ``start``, leading separators dropped."""
-    while start < len(display) and is_separator(display[start]):
+_DELIMITERS: Final = frozenset(",.:;!?~-、。…—")
+"""Punctuation that may stand between a keyword and its arguments (after NFKC, so "，" and
+"：" are among them): dropped from the front of {args}. Any other punctuation ("#",
+brackets, quotes) belongs to the arguments."""
+
+
+def _rest(text: str, display: str, start: int) -> str:
+    """What follows a keyword at ``start`` of ``display``, for {args}.
+
+    Taken from the message in display form but with its trailing punctuation kept
+    (``display`` is a prefix of it), without the spaces and delimiters after the keyword.
+    Empty when only punctuation follows the keyword ("CX!").
+    """
+    if all(is_separator(char) for char in display[start:]):
+        return ""
+    full = " ".join(unicodedata.normalize("NFKC", text).split())
+    while start < len(full) and (full[start].isspace() or full[start] in _DELIMITERS):
         start += 1
-    return display[start:]
+    return full[start:]
 
 
 # -- templates -----------------------------------------------------------------------------
@@ -310,7 +325,8 @@ class Matcher:
         found: Match | None = None
         if best is not None:
             rule, keyword, end = best
-            args = "" if rule.match == "exact" else _rest(display, _display_offset(display, end))
+            offset = _display_offset(display, end)
+            args = "" if rule.match == "exact" else _rest(text, display, offset)
             found = Match(rule, keyword, args, {}, _WHY[rule.match].format(keyword))
         for rule in self._scan:
             if found is not None and rule.rank < found.rule.rank:
@@ -321,7 +337,7 @@ class Matcher:
                 minute = self._minute(moment) if minute < 0 else minute
                 if not rule.hours.contains(minute):
                     continue
-            scanned = self._scan_one(rule, display, key)
+            scanned = self._scan_one(rule, text, display, key)
             if scanned is not None:
                 found = scanned
                 break
@@ -330,21 +346,22 @@ class Matcher:
         return Outcome(display=display, key=key, match=found)
 
     @staticmethod
-    def _scan_one(rule: Rule, display: str, key: str) -> Match | None:
+    def _scan_one(rule: Rule, text: str, display: str, key: str) -> Match | None:
         if rule.match == "contains":
             for keyword in rule.keys:
                 position = key.find(keyword)
                 if position >= 0:
                     end = _display_offset(display, position + len(keyword))
                     why = _WHY["contains"].format(keyword)
-                    return Match(rule, keyword, _rest(display, end), {}, why)
+                    return Match(rule, keyword, _rest(text, display, end), {}, why)
             return None
         for pattern in rule.patterns:
             found = pattern.search(display)
             if found:
                 groups = {name: value or "" for name, value in found.groupdict().items()}
                 why = f'the pattern "{pattern.pattern}" found "{found.group(0)}"'
-                return Match(rule, pattern.pattern, _rest(display, found.end()), groups, why)
+                args = _rest(text, display, found.end())
+                return Match(rule, pattern.pattern, args, groups, why)
         return None
 
 
@@ -631,3 +648,19 @@ def responder_status(app: Any) -> StatusSection | None:
     figures += [(f"{mode} rules", count) for mode, count in modes.items() if count]
     figures.append(("fallback", "on" if settings.fallback else "off"))
     return StatusSection(title=PLUGIN, figures=tuple(figures))
+
+
+@hookimpl(trylast=True)
+def responder_check(app: Any) -> list[str]:
+    """``responder check`` warnings about each rule's reply and the fallback."""
+    from responder.checks import reply_warnings
+
+    settings: KeywordSettings | None = app.plugin_config(PLUGIN)
+    if settings is None:
+        return []
+    warnings = []
+    for rule in settings.rules:
+        warnings += reply_warnings(app, f"{rule.label}.reply", rule.reply.source)
+    if settings.fallback is not None:
+        warnings += reply_warnings(app, f"{PLUGIN}.fallback", settings.fallback.source)
+    return warnings

@@ -24,6 +24,9 @@ from responder.normalise import canonical_number, compact_number, is_separator, 
 
 PLUGIN: Final = "optout"
 DEFAULT_WORDS: Final = ("TD", "T", "N", "R", "退订", "取消", "拒收", "STOP", "UNSUBSCRIBE")
+DEFAULT_ANYWHERE: Final = ("退订", "拒收", "取消订阅")
+SHORT: Final = 30
+"""The longest message (in characters, normalised) in which ``anywhere_words`` count."""
 DEFAULT_RESUBSCRIBE: Final = ("订阅", "START")
 DEFAULT_CONFIRMATION: Final = "您已退订成功，将不再收到本号码的自动回复。回复“订阅”可恢复。"
 DEFAULT_RESUBSCRIBED: Final = "您已恢复订阅，可以继续使用本号码的自动回复服务。"
@@ -43,7 +46,10 @@ _SCHEMA: Final = (
 @dataclass(frozen=True)
 class OptoutSettings:
     words: tuple[str, ...]
-    """Unsubscribe words, normalised."""
+    """Unsubscribe words, normalised: the whole message or its first word."""
+    anywhere_words: tuple[str, ...]
+    """Unsubscribe words, normalised, recognised anywhere in a message of up to SHORT
+    characters ("我要退订", "请帮我退订谢谢")."""
     resubscribe_words: tuple[str, ...]
     confirmation: str
     """Sent once when a number opts out; empty = none."""
@@ -72,11 +78,27 @@ def _words(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 def parse(table: Table) -> OptoutSettings:
     words = _words(table, "words", DEFAULT_WORDS)
+    anywhere = _words(table, "anywhere_words", DEFAULT_ANYWHERE)
     resubscribe = _words(table, "resubscribe_words", DEFAULT_RESUBSCRIBE)
+    for word in anywhere:
+        if word.isascii():
+            table.error(
+                "anywhere_words",
+                f"{word!r} would be found inside other words (as 'stop' in 'nonstop'):"
+                " put Latin words in optout.words, which match the first word only",
+            )
     for word in sorted(set(words) & set(resubscribe)):
         table.error("resubscribe_words", f"{word!r} is also an unsubscribe word (optout.words)")
+    for word in resubscribe:
+        inside = [other for other in anywhere if other in word]
+        if inside:
+            table.error(
+                "resubscribe_words",
+                f"{word!r} contains {inside[0]!r} (optout.anywhere_words): it would unsubscribe",
+            )
     return OptoutSettings(
         words=words,
+        anywhere_words=anywhere,
         resubscribe_words=resubscribe,
         confirmation=table.get_str("confirmation", DEFAULT_CONFIRMATION),
         resubscribed=table.get_str("resubscribe_confirmation", DEFAULT_RESUBSCRIBED),
@@ -151,11 +173,19 @@ def remove_number(app: Any, number: str) -> bool:
 
 
 def classify(settings: OptoutSettings, text: str) -> tuple[str, str] | None:
-    """("unsubscribe" or "resubscribe", the word) when the text is such a word, else None."""
+    """("unsubscribe" or "resubscribe", the word) when the text is such a word, else None.
+
+    ``words`` count as the whole message or its first word; ``anywhere_words`` anywhere
+    in a short message. Doubt counts as an unsubscribe (docs/keywords.md says why).
+    """
     key = normalise(text)
     word = starts_with_word(key, settings.words)
     if word is not None:
         return "unsubscribe", word
+    if len(key) <= SHORT:
+        for word in settings.anywhere_words:
+            if word in key:
+                return "unsubscribe", word
     word = starts_with_word(key, settings.resubscribe_words)
     if word is not None:
         return "resubscribe", word
@@ -246,6 +276,20 @@ def responder_status(app: Any) -> StatusSection | None:
         title=PLUGIN,
         figures=(("opted-out numbers", numbers), ("replies suppressed", suppressed)),
     )
+
+
+@hookimpl(trylast=True)
+def responder_check(app: Any) -> list[str]:
+    """``responder check`` warnings about the two confirmations."""
+    from responder.checks import reply_warnings
+
+    settings: OptoutSettings | None = app.plugin_config(PLUGIN)
+    if settings is None:
+        return []
+    return [
+        *reply_warnings(app, f"{PLUGIN}.confirmation", settings.confirmation),
+        *reply_warnings(app, f"{PLUGIN}.resubscribe_confirmation", settings.resubscribed),
+    ]
 
 
 # -- command line --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import structlog
 
 from responder import hookimpl
 from responder.commands import CommandRegistry
-from responder.config import ConfigSection, Table, is_loopback_url
+from responder.config import ConfigSection, Table, is_loopback_url, redact_url
 from responder.logs import redactor
 from responder.models import Message, Reply, StatusSection
 from responder.normalise import normalise
@@ -192,7 +192,7 @@ def _url(table: Table) -> str:
     allow_http = table.get_bool("allow_http", False)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        table.error("url", f"is required: an https:// address, got {url!r}")
+        table.error("url", f"is required: an https:// address, got {redact_url(url)!r}")
         return ""
     if parts.username or parts.password or parts.fragment:
         table.error(
@@ -254,7 +254,7 @@ def _secret(table: Table, name: str, environ: Mapping[str, str]) -> str:
 
 
 def _headers(table: Table) -> tuple[tuple[str, str], ...]:
-    headers = table.get_table("headers")
+    headers = table.get_table("headers", secret=True)  # errors never show a header's value
     result = []
     for key in list(headers.data):
         value = headers.get_str(key, "")

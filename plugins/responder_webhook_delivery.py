@@ -26,10 +26,11 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import httpcore
 import httpx
 import responder_optout
 import structlog
@@ -106,6 +107,8 @@ SHUTDOWN_GRACE: Final = 3.0
 """Seconds shutdown waits for requests in flight; the rest are retried after a restart."""
 EXCERPT: Final = 200
 RETRYABLE_STATUS: Final = frozenset({408, 429})
+WRITE_SLICE: Final = 16 * 1024
+"""Bytes written at most per socket write, so a slow reader cannot stretch one past the deadline."""
 USER_AGENT: Final = f"sms-responder/{__version__}"
 
 
@@ -315,18 +318,179 @@ def _excerpt(body: bytes) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
+# httpx's timeouts bound each socket operation, not a request: a target that sends a byte
+# just within each read timeout holds an attempt for ever. So each attempt has a deadline
+# (in a thread-local: an attempt runs in one worker thread), and every socket operation of
+# the connection pool (connect, TLS handshake, each read and write) gets at most the time
+# left until it, or fails as a timeout once it has passed. That covers the status line and
+# headers too (which arrive before any response object exists), and connections reused from
+# the pool. Not covered: the name lookup, which Python cannot time out.
+
+
+class _Deadline(threading.local):
+    at: float | None = None
+    """``time.monotonic()`` by which the attempt in this thread must be done; None = none."""
+
+
+_deadline = _Deadline()
+
+
+def _budget(timeout: float | None, error: type[Exception]) -> float | None:
+    """Seconds one socket operation may take: its own timeout, never past the deadline."""
+    if _deadline.at is None:
+        return timeout
+    left = _deadline.at - time.monotonic()
+    if left <= 0:
+        raise error("no complete response by the attempt's deadline")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation keeps to the deadline of the attempt using it."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, _budget(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        for start in range(0, len(buffer), WRITE_SLICE):
+            budget = _budget(timeout, httpcore.WriteTimeout)
+            self.stream.write(buffer[start : start + WRITE_SLICE], budget)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        budget = _budget(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self.stream.start_tls(ssl_context, server_hostname, budget))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, its connections wrapped in ``_DeadlineStream``."""
+
+    def __init__(self) -> None:
+        self.backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        budget = _budget(timeout, httpcore.ConnectTimeout)
+        stream = self.backend.connect_tcp(host, port, budget, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+_HTTPX_ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    """httpcore's errors raised as httpx's, as httpx's own transport does."""
+    try:
+        yield
+    except Exception as err:
+        for core, mapped in _HTTPX_ERRORS:
+            if isinstance(err, core):
+                raise mapped(str(err)) from err
+        raise
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self.stream
+
+    def close(self) -> None:
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTP/1.1 transport on an httpcore pool whose sockets keep to the deadline."""
+
+    def __init__(self, context: ssl.SSLContext, connections: int) -> None:
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            network_backend=_DeadlineBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        url = httpcore.URL(
+            scheme=request.url.raw_scheme,
+            host=request.url.raw_host,
+            port=request.url.port,
+            target=request.url.raw_path,
+        )
+        core = httpcore.Request(
+            request.method,
+            url,
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            response = self.pool.handle_request(core)
+        assert isinstance(response.stream, Iterable)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 class TargetClient:
-    """One target's HTTP client: verified TLS, no redirect to another origin, capped bodies."""
+    """One target's HTTP client: verified TLS, no redirect to another origin, capped bodies,
+    and one deadline, ``timeout``, for a whole attempt (connect, request, response)."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        context = ssl_context(str(target.ca_file) if target.ca_file else None)
         self.http = httpx.Client(
-            verify=ssl_context(str(target.ca_file) if target.ca_file else None),
+            transport=DeadlineTransport(context, target.concurrency),
             timeout=httpx.Timeout(target.timeout),
             follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=target.concurrency, max_keepalive_connections=target.concurrency
-            ),
+            # The environment's proxies would bypass the deadline transport.
+            trust_env=False,
         )
 
     def close(self) -> None:
@@ -346,7 +510,7 @@ class TargetClient:
         ``now`` is the app's time, for a Retry-After given as a date.
         """
         url = httpx.URL(self.target.url)
-        deadline = time.monotonic() + self.target.timeout  # real time: a network deadline
+        _deadline.at = time.monotonic() + self.target.timeout  # real time: a network deadline
         try:
             for _hop in range(MAX_REDIRECTS + 1):
                 with self.http.stream("POST", url, content=body, headers=headers) as response:
@@ -363,9 +527,7 @@ class TargetClient:
                             f"{following.scheme}://{following.host}, not followed "
                             "(only a 307/308 to the same host is): set url to the final address",
                         )
-                    return self._outcome(
-                        response, message, deadline, want_answer=want_answer, now=now
-                    )
+                    return self._outcome(response, message, want_answer=want_answer, now=now)
             return Outcome("permanent", None, f"more than {MAX_REDIRECTS} redirects")
         except httpx.TimeoutException as err:
             return Outcome(
@@ -373,12 +535,13 @@ class TargetClient:
             )
         except httpx.TransportError as err:
             return Outcome("retry", None, error_reason(err))
+        finally:
+            _deadline.at = None
 
     def _outcome(
         self,
         response: httpx.Response,
         message: Message,
-        deadline: float,
         *,
         want_answer: bool,
         now: float,
@@ -389,7 +552,7 @@ class TargetClient:
                 return Outcome("delivered", status)
             declared = response.headers.get("content-length", "")
             too_long = declared.isdigit() and int(declared) > BODY_CAP
-            body = b"" if too_long else _read_up_to(response, BODY_CAP, deadline)
+            body = b"" if too_long else _read_up_to(response, BODY_CAP)
             if too_long or len(body) > BODY_CAP:
                 error = f"HTTP {status}: the response body is larger than {BODY_CAP // 1024} KiB"
                 return Outcome("permanent", status, error)
@@ -401,7 +564,7 @@ class TargetClient:
                 return Outcome("permanent", status, f"HTTP {status}, answer refused: {err}")
             return Outcome("delivered", status, answer=answer)
         try:
-            excerpt = _excerpt(_read_up_to(response, EXCERPT, deadline))
+            excerpt = _excerpt(_read_up_to(response, EXCERPT))
         except httpx.HTTPError:
             excerpt = ""
         error = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
@@ -411,8 +574,10 @@ class TargetClient:
         return Outcome("permanent", status, error)
 
 
-def _read_up_to(response: httpx.Response, limit: int, deadline: float) -> bytes:
-    """The body's first ``limit`` bytes, and one more if it is longer: the rest is not read."""
+def _read_up_to(response: httpx.Response, limit: int) -> bytes:
+    """The body's first ``limit`` bytes, and one more if it is longer: the rest is not read.
+
+    A body that trickles is cut at the attempt's deadline (a ReadTimeout)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
@@ -420,8 +585,6 @@ def _read_up_to(response: httpx.Response, limit: int, deadline: float) -> bytes:
         size += len(chunk)
         if size > limit:
             break
-        if time.monotonic() > deadline:
-            raise httpx.ReadTimeout("the body came too slowly")
     return b"".join(chunks)[: limit + 1]
 
 
@@ -746,12 +909,13 @@ class Deliverer:
             self._circuit_closed(target)  # it answered: it is reachable
             self._give_up(row, token, target, message, outcome.status, error)
             return False
-        self._circuit_failed(target, outcome.retry_after, now)
+        retry_after = self.retry_after(outcome)
+        self._circuit_failed(target, retry_after, now)
         if now >= row.expires_at:
             error = f"gave up at max_age after {row.attempts} attempt(s): {error}"
             self._give_up(row, token, target, message, outcome.status, error)
             return False
-        delay = outcome.retry_after
+        delay = retry_after
         if delay is None:
             delay = self.backoff(row.streak + 1)
         retry_at = min(now + delay, row.expires_at)
@@ -766,6 +930,13 @@ class Deliverer:
         ):
             bound.warning("webhook_retry", error=error, retry_in=round(retry_at - now, 1))
         return False
+
+    def retry_after(self, outcome: Outcome) -> float | None:
+        """The Retry-After of an outcome, at most ``retry_max``: a target cannot pause itself
+        for days."""
+        if outcome.retry_after is None:
+            return None
+        return min(outcome.retry_after, self.settings.retry_max)
 
     def backoff(self, streak: int) -> float:
         """Seconds before retry ``streak``: exponential, capped, jittered to 50–100 %."""
@@ -802,7 +973,8 @@ class Deliverer:
             return
         if row.mode == "reply" and not row.answer_state:
             done["answer_state"] = NONE
-        self._update(row, token, **done)
+        if self._update(row, token, **done) and "answer_state" in done:
+            self._unanswered(row.target, message.id, "no answer")
 
     def _give_up(
         self,
@@ -839,8 +1011,14 @@ class Deliverer:
         )
         if reply is not None:
             self._hand_over(row, token, message, reply, done)
-        else:
-            self._update(row, token, **done)
+        elif self._update(row, token, **done) and "answer_state" in done:
+            silent = done["answer_state"] == SILENT
+            why = (
+                "gave up (on_failure = silent)"
+                if silent
+                else "gave up, and no other plugin answered"
+            )
+            self._unanswered(row.target, message.id, why)
 
     def _hand_over(
         self, row: Row, token: str, message: Message, reply: Reply, done: dict[str, Any]
@@ -861,20 +1039,33 @@ class Deliverer:
             answer_state=QUEUING,
             outbox_before=before,
         ):
-            self._queue(row.id, message, reply)
+            self._queue(row, message, reply)
 
-    def _queue(self, row_id: int, message: Message, reply: Reply) -> None:
+    def _queue(self, row: Row, message: Message, reply: Reply) -> None:
+        """Hand the answer to ``reply_later``, which marks the message answered."""
         queued = self.app.reply_later(message, reply)
         with self.app.store.transaction() as tx:
             tx.execute(
                 "UPDATE webhook_deliveries SET answer_state = ? WHERE id = ? AND answer_state = ?",
-                (QUEUED if queued else VETOED, row_id, QUEUING),
+                (QUEUED if queued else VETOED, row.id, QUEUING),
             )
+        if not queued:  # a veto gave its own reason already
+            self._unanswered(row.target, message.id, "the answer was not sent")
         log.info(
             "webhook_answer_queued" if queued else "webhook_answer_not_queued",
             message_id=message.id,
             plugin=reply.plugin,
         )
+
+    def _unanswered(self, target: str, message_id: int, why: str) -> None:
+        """Replace the message's "awaiting <target>" reason: the target will not answer it.
+
+        Status counts it as unanswered because of the target (``webhook:<target>: why``).
+        """
+        who = f"{self.plugin}:{target}"
+        _state, reason = self.app.store.message_state(message_id)
+        if reason == f"awaiting {who}":
+            self.app.store.note_reason(message_id, f"{who}: {why}")
 
     # -- the circuit breaker -------------------------------------------------------------
 
@@ -955,7 +1146,7 @@ class Deliverer:
                 plugin=answer["plugin"],
                 meta=tuple(tuple(pair) for pair in answer["meta"]),
             )
-            self._queue(row.id, message, reply)
+            self._queue(row, message, reply)
         return cut
 
 

@@ -103,6 +103,10 @@ def build_app(
     configs, problems = host.parse_configs(settings)
     if host.problems or problems:
         raise ConfigError([*host.problems, *problems])
+    for warning in host.warnings:
+        structlog.get_logger("responder.plugins").warning(
+            warning.event, plugin=warning.plugin, detail=warning.text
+        )
     store = store or Store(settings.store.path, clock=clock)
     timeout = settings.gateway.timeout
     gate = ReadGate(

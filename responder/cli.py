@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from responder import __version__
+from responder.account import AccountStatus
 from responder.app import App, build_app
 from responder.commands import CommandRegistry
 from responder.config import ConfigError, Settings, load_settings
-from responder.gateway import GatewayClient, GatewayError
+from responder.gateway import AccountState, BalanceNotOffered, GatewayClient, GatewayError
 from responder.logs import configure_logging
 from responder.models import PLATFORM_TZ
 from responder.plugins import PluginHost
@@ -64,15 +65,14 @@ def _quiet_logs(settings: Settings | None = None) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    try:
-        settings = load_settings(path)
-    except ConfigError as err:
-        return _problems(err.problems)
-    host = PluginHost(settings)
-    _configs, problems = host.parse_configs(settings)
-    if host.problems or problems:
-        return _problems([*host.problems, *problems])
+    """Every problem (exit 2), core and plugins, in one run; warnings alone exit 0."""
+    from responder.checks import check_configuration
+
+    report = check_configuration(_config_path(args))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.problems:
+        return _problems(report.problems)
     print("ok")
     return 0
 
@@ -92,6 +92,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    """One SMS by hand, through the before-send hooks, signature and splitting of a reply
+    (``--raw``: exactly as given); every request is kept in the store (responder.manual)."""
     try:
         settings = load_settings(_config_path(args))
     except ConfigError as err:
@@ -104,22 +106,67 @@ def cmd_send(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"--schedule: must be YYYYMMDDHHMM, got {args.schedule!r}", file=sys.stderr)
             return EXIT_CONFIG
-    with GatewayClient(settings.gateway) as client:
-        try:
-            result = client.send(args.numbers, args.message, schedule=schedule, sender=args.sender)
-        except GatewayError as err:
-            print(f"send failed: {err}", file=sys.stderr)
-            return 1
-        except ValueError as err:
-            print(f"send: {err}", file=sys.stderr)
+    numbers = [number.strip() for number in args.numbers if number.strip()]
+    if not numbers:
+        print("send: no recipient numbers", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        app = build_app(settings)
+    except ConfigError as err:
+        return _problems(err.problems)
+    try:
+        return _send_by_hand(app, args, numbers, schedule)
+    finally:
+        app.store.close()
+        app.close()
+
+
+def _send_by_hand(
+    app: App, args: argparse.Namespace, numbers: list[str], schedule: datetime | None
+) -> int:
+    from responder import manual
+
+    if args.raw:
+        plan = manual.raw_plan(app, numbers, args.message, sender=args.sender)
+    else:
+        plan = manual.plan(app, numbers, args.message, sender=args.sender)
+        manual.record_suppressed(app, plan, args.message)
+    for item in plan.suppressed:
+        print(f"suppressed: {item.number} ({item.reason})")
+    if plan.truncated:
+        print("warning: the text was cut to replies.max_parts SMS", file=sys.stderr)
+    if plan.replaced:
+        print(
+            f"warning: {plan.replaced} character(s) the gateway encoding cannot carry"
+            " were replaced",
+            file=sys.stderr,
+        )
+    if not plan.requests:
+        if not plan.suppressed:
+            print("send: the text is empty", file=sys.stderr)
             return EXIT_CONFIG
-    print(f"ok:       {result.ok}")
-    print(f"num:      {result.num}")
-    print(f"accepted: {', '.join(result.accepted) or '-'}")
-    print(f"refused:  {', '.join(result.refused) or '-'}")
-    print(f"errid:    {result.errid}")
-    print(f"err:      {result.err}")
-    return 0 if result.ok else 1
+        print("nothing sent: every number was suppressed")
+        return 0
+    ok = True
+    for index, request in enumerate(plan.requests, start=1):
+        if len(plan.requests) > 1:
+            print(
+                f"request {index} of {len(plan.requests)}: part {request.part}/{request.parts}"
+                f" to {len(request.numbers)} number(s)"
+            )
+        outcome = manual.send(app, request, raw=args.raw, schedule=schedule)
+        if outcome.result is None:
+            print(f"send failed: {outcome.error}", file=sys.stderr)
+            return 1
+        result = outcome.result
+        print(f"ok:       {result.ok}")
+        print(f"num:      {result.num}")
+        print(f"accepted: {', '.join(result.accepted) or '-'}")
+        print(f"refused:  {', '.join(result.refused) or '-'}")
+        print(f"errid:    {result.errid}")
+        print(f"err:      {result.err}")
+        ok = ok and result.ok
+    return 0 if ok else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -269,9 +316,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = app.store.status()
     figures = store_figures(app.store)
     sections = app.status_sections()
+    account = AccountStatus.load(app.store)
     now = time.time()
     last_ok = status.last_read_ok_at
     stale = last_ok is None or now - last_ok > args.max_age
+    refused = account.state is not AccountState.OK
     if args.json:
         record = asdict(status) | {
             "outbox_depth": figures.outbox_depth,
@@ -281,17 +330,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for (result, errid), count in sorted(figures.sends.items())
             ],
             "plugins": {s.title: dict(s.figures) for s in sections},
-            "healthy": not stale,
+            "account": account.as_dict(),
+            "healthy": not stale and not refused,
         }
         print(json.dumps(record, ensure_ascii=False, indent=2))
     else:
         print(f"store:          {settings.store.path}")
+        for line in _account_lines(account, settings, now):
+            print(line)
         print(f"messages:       {_counts(status.messages)}")
         print(f"outbox:         {_counts(status.outbox)} (depth {figures.outbox_depth})")
         print(f"dead letters:   {figures.dead_letters}")
         sends = {f"{res} errid={errid or '-'}": n for (res, errid), n in figures.sends.items()}
         print(f"sends:          {_counts(sends)}")
         print(f"uncertain:      {status.uncertain_sends} send(s) whose outcome was unknown")
+        print(f"duplicates:     {status.duplicates_dropped} message(s) read twice, dropped")
+        if status.reads_held:
+            print(f"READS HELD:     {status.reads_held}")
         print(f"last good read: {_age(last_ok, now)}")
         print(f"last read try:  {_age(status.last_read_at, now)}")
         print(f"last message:   {_age(status.last_message_at, now)}")
@@ -306,9 +361,54 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {name}: {value}")
         if stale:
             print(f"unhealthy: no successful read in the last {args.max_age:.0f} s")
+        if refused:
+            print(f"unhealthy: the account is {account.state.label}")
     app.store.close()
     app.close()
-    return 1 if stale else 0
+    return 1 if stale or refused else 0
+
+
+def _account_lines(account: AccountStatus, settings: Settings, now: float) -> list[str]:
+    """The account's state and balance, as the daemon last judged them."""
+    state = account.state.label if account.state is AccountState.OK else account.state.label.upper()
+    line = f"account:        {state} since {_age(account.since, now)}"
+    if account.reason:
+        line += f": {account.reason}"
+    if not account.balance_offered:
+        balance = "not offered by the provider"
+    elif account.balance is None:
+        balance = "not known yet"
+    else:
+        balance = f"{account.balance:g} (checked {_age(account.balance_at, now)})"
+        if account.low_balance:
+            threshold = settings.gateway.low_balance
+            balance += "; LOW: under gateway.low_balance" + (
+                f" ({threshold:g})" if threshold is not None else ""
+            )
+    return [line, f"balance:        {balance}"]
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    """The balance from getfee.aspx, times gateway.balance_scale; exit 1 when unknown."""
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as err:
+        return _problems(err.problems)
+    _quiet_logs(settings)
+    with GatewayClient(settings.gateway) as client:
+        try:
+            balance = client.balance()
+        except BalanceNotOffered as err:
+            print(f"balance: not offered by the provider ({err})", file=sys.stderr)
+            return 1
+        except GatewayError as err:
+            print(f"balance: cannot be read: {err}", file=sys.stderr)
+            return 1
+    print(f"balance: {balance:g}")
+    threshold = settings.gateway.low_balance
+    if threshold is not None and balance < threshold:
+        print(f"low: under gateway.low_balance ({threshold:g})")
+    return 0
 
 
 def unit_file() -> Path:
@@ -344,6 +444,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{info.name}  ({info.source}: {info.origin})")
         for hook in info.hooks:
             print(f"    {hook}")
+    for warning in host.warnings:
+        print(f"warning: {warning.text}", file=sys.stderr)
     for problem in host.problems:
         print(problem, file=sys.stderr)
     return EXIT_CONFIG if host.problems else 0
@@ -367,6 +469,7 @@ def plugin_commands() -> CommandRegistry:
 
 CORE_COMMANDS = (
     "demo", "run", "check", "sandbox", "send", "simulate", "replay", "status", "unit", "plugins",
+    "balance",
 )  # fmt: skip
 
 
@@ -399,12 +502,20 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
     p.add_argument("--interval", type=float, default=5.0, help="minimum read interval")
     p.set_defaults(handler=cmd_sandbox)
 
-    p = sub.add_parser("send", help="send one SMS by hand and print the gateway's answer")
+    p = sub.add_parser(
+        "send", help="send an SMS by hand, as a reply would go, and print the gateway's answer"
+    )
     _add_config(p)
     p.add_argument("numbers", nargs="+", metavar="NUMBER")
     p.add_argument("-m", "--message", required=True, help="the text")
     p.add_argument("--schedule", help="send later: YYYYMMDDHHMM, platform time")
     p.add_argument("--sender", help="digits appended to the service code")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the text exactly as given: no opt-out list, guard or other before-send"
+        " hooks, no signature, no splitting (logged as a warning)",
+    )
     p.set_defaults(handler=cmd_send)
 
     p = sub.add_parser("simulate", help="run a text through the plugins, sending nothing")
@@ -423,7 +534,11 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(handler=cmd_replay)
 
-    p = sub.add_parser("status", help="counts, outbox, dead letters; exit 1 when reads are stale")
+    p = sub.add_parser(
+        "status",
+        help="counts, outbox, dead letters, the account; exit 1 when reads are stale "
+        "or the account cannot send",
+    )
     _add_config(p)
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -434,6 +549,10 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
         help="unhealthy when the last successful read is older (default 300)",
     )
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("balance", help="ask the gateway for the account's balance (getfee)")
+    _add_config(p)
+    p.set_defaults(handler=cmd_balance)
 
     p = sub.add_parser("unit", help="print the systemd unit shipped with this release")
     p.add_argument("--path", action="store_true", help="print where the unit file is instead")

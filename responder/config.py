@@ -11,6 +11,7 @@ import codecs
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,27 @@ CREDENTIAL_NAME: Final = "gateway-password"
 MIN_POLL_INTERVAL: Final = 5.0
 
 _MISSING: Any = object()
+SECRET_KEY: Final = re.compile(
+    r"passw(or)?d|pass$|secret|token|auth|credential|cookie|api_?key|private_?key",
+    re.IGNORECASE,
+)
+"""Key names whose values are never shown in an error: password, secret, token, auth..."""
+SECRET_TABLES: Final = re.compile(r"headers", re.IGNORECASE)
+"""Tables every value of which is secret (HTTP headers carry credentials)."""
+_URL_LOGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?.*@", re.DOTALL)
+_URL_QUERY = re.compile(r"[?#].*", re.DOTALL)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a key's name says its value is a secret (``password``, ``api_token``, ...)."""
+    return bool(SECRET_KEY.search(key))
+
+
+def redact_url(url: str) -> str:
+    """``url`` as an error message may show it: a login (``user:pass@``) and the query or
+    fragment, which may carry a password, are replaced by ``***``."""
+    url = _URL_LOGIN.sub(lambda m: f"{m.group(1) or ''}***@", url, count=1)
+    return _URL_QUERY.sub(lambda m: f"{m.group(0)[0]}***", url, count=1)
 
 
 class ConfigError(Exception):
@@ -56,16 +78,27 @@ def type_name(value: object) -> str:
 class Table:
     """A TOML table being read.
 
-    Getters return the value, or the default after recording an error.
+    Getters return the value, or the default after recording an error. An error about a
+    secret-bearing key names the key and what it must be, never the value: a key named
+    like a secret (``is_secret_key``), one read with ``secret=True``, and every key of a
+    table read with ``get_table(key, secret=True)`` or named ``headers``.
     """
 
     def __init__(
-        self, data: Mapping[str, Any], *, file: str, prefix: str, problems: list[str]
+        self,
+        data: Mapping[str, Any],
+        *,
+        file: str,
+        prefix: str,
+        problems: list[str],
+        secret: bool = False,
     ) -> None:
         self.data = data
         self.file = file
         self.prefix = prefix
         self.problems = problems
+        self.secret = secret
+        """Every value in this table is secret."""
         self._read: set[str] = set()
 
     def dotted(self, key: str) -> str:
@@ -78,7 +111,20 @@ class Table:
     def __contains__(self, key: str) -> bool:
         return key in self.data
 
-    def _get(self, key: str, default: Any, kinds: tuple[type, ...], want: str) -> Any:
+    def is_secret(self, key: str, secret: bool = False) -> bool:
+        """Whether errors must not show the value of ``key`` (see the class docstring)."""
+        return secret or self.secret or is_secret_key(key)
+
+    def got(self, key: str, value: Any, *, secret: bool = False, typed: bool = True) -> str:
+        """How an error shows a wrong value: "got an integer 5", or for a secret-bearing key
+        only its type, "got an integer". Use it in your own ``table.error`` messages."""
+        if self.is_secret(key, secret):
+            return f"got {type_name(value)}"
+        return f"got {type_name(value)} {value!r}" if typed else f"got {value!r}"
+
+    def _get(
+        self, key: str, default: Any, kinds: tuple[type, ...], want: str, secret: bool = False
+    ) -> Any:
         self._read.add(key)
         if key not in self.data:
             if default is _MISSING:
@@ -86,28 +132,40 @@ class Table:
             return None if default is _MISSING else default
         value = self.data[key]
         if isinstance(value, bool) and bool not in kinds:
-            self.error(key, f"must be {want}, got {value!r}")
+            self.error(key, f"must be {want}, {self.got(key, value, secret=secret, typed=False)}")
             return None if default is _MISSING else default
         if not isinstance(value, kinds):
-            self.error(key, f"must be {want}, got {type_name(value)} {value!r}")
+            self.error(key, f"must be {want}, {self.got(key, value, secret=secret)}")
             return None if default is _MISSING else default
         return value
 
     def get_str(
-        self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] = (), want: str = ""
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        choices: tuple[str, ...] = (),
+        want: str = "",
+        secret: bool = False,
     ) -> str:
         want = want or (f"one of {', '.join(map(repr, choices))}" if choices else "a string")
-        value = self._get(key, default, (str,), want)
+        value = self._get(key, default, (str,), want, secret)
         if choices and value not in choices and key in self.data:
-            self.error(key, f"must be {want}, got {value!r}")
+            self.error(key, f"must be {want}, {self.got(key, value, secret=secret, typed=False)}")
             return default if default is not _MISSING else choices[0]
         return value
 
     def get_int(
-        self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        min: int | None = None,
+        max: int | None = None,
+        secret: bool = False,
     ) -> int:
-        value = self._get(key, default, (int,), "an integer")
-        return self._check_range(key, value, default, min, max)
+        value = self._get(key, default, (int,), "an integer", secret)
+        return self._check_range(key, value, default, min, max, secret=secret)
 
     def get_float(
         self,
@@ -117,35 +175,49 @@ class Table:
         min: float | None = None,
         max: float | None = None,
         unit: str = "",
+        secret: bool = False,
     ) -> float:
-        value = self._get(key, default, (int, float), "a number" + (f" of {unit}" if unit else ""))
-        value = self._check_range(key, value, default, min, max, unit)
+        want = "a number" + (f" of {unit}" if unit else "")
+        value = self._get(key, default, (int, float), want, secret)
+        value = self._check_range(key, value, default, min, max, unit, secret=secret)
         return float(value) if value is not None else value
 
     def _check_range(
-        self, key: str, value: Any, default: Any, low: Any, high: Any, unit: str = ""
+        self,
+        key: str,
+        value: Any,
+        default: Any,
+        low: Any,
+        high: Any,
+        unit: str = "",
+        *,
+        secret: bool = False,
     ) -> Any:
         if value is None or key not in self.data:
             return value
         suffix = f" {unit}" if unit else ""
+        got = "" if self.is_secret(key, secret) else f", got {value}"
         if low is not None and value < low:
-            self.error(key, f"must be at least {low}{suffix}, got {value}")
+            self.error(key, f"must be at least {low}{suffix}{got}")
             return default if default is not _MISSING else low
         if high is not None and value > high:
-            self.error(key, f"must be at most {high}{suffix}, got {value}")
+            self.error(key, f"must be at most {high}{suffix}{got}")
             return default if default is not _MISSING else high
         return value
 
-    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
-        return self._get(key, default, (bool,), "true or false")
+    def get_bool(self, key: str, default: Any = _MISSING, *, secret: bool = False) -> bool:
+        return self._get(key, default, (bool,), "true or false", secret)
 
-    def get_str_list(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
-        value = self._get(key, default, (list, tuple), "a list of strings")
+    def get_str_list(
+        self, key: str, default: Any = _MISSING, *, secret: bool = False
+    ) -> tuple[str, ...]:
+        value = self._get(key, default, (list, tuple), "a list of strings", secret)
         if value is None:
             return ()
         bad = [item for item in value if not isinstance(item, str)]
         if bad:
-            self.error(key, f"must be a list of strings, got {bad[0]!r} in it")
+            got = self.got(key, bad[0], secret=secret, typed=False)
+            self.error(key, f"must be a list of strings, {got} in it")
             return tuple(default) if default is not _MISSING else ()
         return tuple(value)
 
@@ -163,20 +235,33 @@ class Table:
             return path
         return Path(self.file).parent / path
 
-    def get_table(self, key: str) -> Table:
-        value = self._get(key, {}, (dict,), "a table")
-        return Table(value or {}, file=self.file, prefix=self.dotted(key), problems=self.problems)
+    def get_table(self, key: str, *, secret: bool = False) -> Table:
+        """A sub-table. Its values are all secret with ``secret=True``, when this table's
+        are, when ``key`` is named like a secret, and for ``headers``."""
+        secret = self.is_secret(key, secret) or bool(SECRET_TABLES.fullmatch(key))
+        value = self._get(key, {}, (dict,), "a table", secret)
+        return Table(
+            value or {},
+            file=self.file,
+            prefix=self.dotted(key),
+            problems=self.problems,
+            secret=secret,
+        )
 
-    def get_tables(self, key: str) -> list[Table]:
+    def get_tables(self, key: str, *, secret: bool = False) -> list[Table]:
         """An array of tables (``[[prefix.key]]``), each named ``prefix.key[i]`` in errors."""
-        value = self._get(key, [], (list,), "an array of tables ([[...]])")
+        secret = self.is_secret(key, secret)
+        value = self._get(key, [], (list,), "an array of tables ([[...]])", secret)
         tables = []
         for index, item in enumerate(value or []):
             name = f"{self.dotted(key)}[{index}]"
             if not isinstance(item, dict):
-                self.problems.append(f"{self.file}: {name}: must be a table, got {item!r}")
+                # The index names it; the value could be anything (a secret put in the wrong place).
+                self.problems.append(f"{self.file}: {name}: must be a table, got {type_name(item)}")
                 continue
-            tables.append(Table(item, file=self.file, prefix=name, problems=self.problems))
+            tables.append(
+                Table(item, file=self.file, prefix=name, problems=self.problems, secret=secret)
+            )
         return tables
 
     def get_raw(self, key: str, default: Any = None) -> Any:
@@ -205,14 +290,29 @@ class GatewaySettings:
     method: str = "post"
     poll_interval: float = 6.0
     timeout: float = 10.0
+    simulator: bool = False
+    """The base URLs are the built-in simulator: ``poll_interval`` may be under 5 seconds."""
     max_recipients: int = 100
     long_sms: bool = False
     sender: str = ""
+    service_number: str = ""
+    """The account's service code (特服号); a message's ``dst`` after it is the extension
+    the reply goes out from. "": a ``dst`` of up to 6 digits is taken as the extension."""
+    login_retry: float = 600.0
+    """Seconds between tries of a refused or suspended account (each try is one read)."""
+    balance_check: float = 300.0
+    """Seconds between balance queries (getfee.aspx)."""
+    balance_scale: float = 1.0
+    """The balance is getfee's ``id`` times this (0.1: the provider counts tenths of a yuan)."""
+    low_balance: float | None = None
+    """Warn, and say so in status, when the balance falls under this; None = off."""
 
 
 @dataclass(frozen=True)
 class StoreSettings:
     path: Path
+    keep_days: int = 365
+    """Finished messages and their sent replies older than this are deleted; 0 = never."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +340,8 @@ class ReplySettings:
     retry_max: float = 600.0
     on_uncertain: str = "resend"
     """When a send's outcome is unknown: "resend" (at least once) or "give_up" (never twice)."""
+    max_age: float = 3600.0
+    """Seconds after it was queued that a reply still due is dead-lettered as "stale"."""
 
 
 @dataclass(frozen=True)
@@ -274,21 +376,39 @@ def load_settings(path: str | os.PathLike[str], *, need_password: bool = True) -
     Commands that never call the gateway (status, simulate, replay) pass
     ``need_password=False``: a missing password is then not a problem.
     """
+    settings, problems = read_settings(path, need_password=need_password)
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
+
+
+def read_settings(
+    path: str | os.PathLike[str],
+    *,
+    need_password: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings | None, list[str]]:
+    """Read a configuration file and return the settings with every problem found.
+
+    The settings are None only when the file is not TOML. Otherwise a default stands in
+    for each bad value, so that ``responder check`` can go on to the plugins' sections:
+    such settings are for checking, not for running.
+    """
     file = str(path)
     try:
         with open(path, "rb") as handle:
             content = handle.read()
         data = tomllib.loads(content.decode("utf-8-sig"))
     except OSError as err:
-        raise ConfigError([f"{file}: cannot read the file: {err.strerror or err}"]) from None
+        return None, [f"{file}: cannot read the file: {err.strerror or err}"]
     except UnicodeDecodeError as err:
         line = content.count(b"\n", 0, err.start) + 1
-        raise ConfigError(
-            [f"{file}: line {line}: not UTF-8 text: save the file as UTF-8 (TOML requires it)"]
-        ) from None
+        return None, [
+            f"{file}: line {line}: not UTF-8 text: save the file as UTF-8 (TOML requires it)"
+        ]
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"{file}: not valid TOML: {err}"]) from None
-    return settings_from_dict(data, source=file, need_password=need_password)
+        return None, [f"{file}: not valid TOML: {err}"]
+    return collect_settings(data, source=file, environ=environ, need_password=need_password)
 
 
 def settings_from_dict(
@@ -298,6 +418,23 @@ def settings_from_dict(
     environ: Mapping[str, str] | None = None,
     need_password: bool = True,
 ) -> Settings:
+    """Settings from parsed TOML; raise ConfigError listing every problem."""
+    settings, problems = collect_settings(
+        data, source=source, environ=environ, need_password=need_password
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def collect_settings(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    need_password: bool = True,
+) -> tuple[Settings, list[str]]:
+    """Settings from parsed TOML, and every problem (defaults stand in for bad values)."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     root = Table(data, file=source, prefix="", problems=problems)
@@ -307,13 +444,15 @@ def settings_from_dict(
     plugins = _plugins(root.get_table("plugins"))
     replies = _replies(root.get_table("replies"))
     metrics = _metrics(root.get_table("metrics"))
-    sections = {key: value for key, value in data.items() if key not in CORE_SECTIONS}
-    for key, value in sections.items():
-        if not isinstance(value, dict):
+    sections: dict[str, Mapping[str, Any]] = {}
+    for key, value in data.items():
+        if key in CORE_SECTIONS:
+            continue
+        if isinstance(value, dict):
+            sections[key] = value
+        else:
             root.error(key, f"must be a table ([{key}]), got {type_name(value)}")
-    if problems:
-        raise ConfigError(problems)
-    return Settings(
+    settings = Settings(
         source=source,
         gateway=gateway,
         store=store,
@@ -323,15 +462,14 @@ def settings_from_dict(
         metrics=metrics,
         sections=MappingProxyType(sections),
     )
+    return settings, problems
 
 
 def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+        host = urlsplit(url).hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # not an IP address, or not a URL at all
         return False
 
 
@@ -344,13 +482,19 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
             'e.g. base_urls = ["http://sms.example.com:8080"] (the part before /send/...)',
         )
     for url in base_urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            table.error("base_urls", f"must be http:// or https:// addresses, got {url!r}")
+        shown = redact_url(url)  # a login or query may hold the password
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:  # "http://[::1": not an address at all
+            table.error("base_urls", f"must be http:// or https:// addresses, got {shown!r}")
+            continue
+        if parts.scheme not in ("http", "https") or not hostname:
+            table.error("base_urls", f"must be http:// or https:// addresses, got {shown!r}")
         elif parts.username or parts.password or parts.query or parts.fragment:
             table.error(
                 "base_urls",
-                f"must be plain addresses without login, query or fragment, got {url!r}",
+                f"must be plain addresses without login, query or fragment, got {shown!r}",
             )
     name = table.get_str("name", "")
     if not name:
@@ -368,20 +512,27 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
         except UnicodeEncodeError:
             where = key if key == "name" or "password" in table.data else "password_file"
             table.error(where, f"has characters the gateway encoding {encoding!r} cannot carry")
-    local = bool(base_urls) and all(is_loopback_url(url) for url in base_urls)
+    simulator = _simulator(table, base_urls)
     poll_interval = table.get_float(
         "poll_interval", GatewaySettings.poll_interval, min=0, unit="seconds"
     )
-    if poll_interval < MIN_POLL_INTERVAL and not local:
+    if poll_interval < MIN_POLL_INTERVAL and not simulator:
         table.error(
             "poll_interval",
             f"must be at least {MIN_POLL_INTERVAL:g} seconds (the platform refuses faster "
-            f"reads), got {poll_interval:g}",
+            f"reads), got {poll_interval:g}; only the built-in simulator may be read faster, "
+            "with gateway.simulator = true",
         )
         poll_interval = MIN_POLL_INTERVAL
     sender = table.get_str("sender", GatewaySettings.sender)
     if sender and not sender.isdigit():
         table.error("sender", f"must be digits only (appended to the service code), got {sender!r}")
+    service_number = table.get_str("service_number", GatewaySettings.service_number)
+    if service_number and not service_number.isdigit():
+        table.error(
+            "service_number",
+            f'must be digits only (the service code, e.g. "1069012345"), got {service_number!r}',
+        )
     settings = GatewaySettings(
         base_urls=base_urls,
         name=name,
@@ -389,6 +540,7 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
         encoding=encoding,
         method=table.get_str("method", GatewaySettings.method, choices=("post", "get")),
         poll_interval=poll_interval,
+        simulator=simulator,
         timeout=table.get_float(
             "timeout", GatewaySettings.timeout, min=0.1, max=120, unit="seconds"
         ),
@@ -397,9 +549,63 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
         ),
         long_sms=table.get_bool("long_sms", GatewaySettings.long_sms),
         sender=sender,
+        service_number=service_number,
+        login_retry=_account_interval(table, "login_retry", simulator),
+        balance_check=_account_interval(table, "balance_check", simulator),
+        balance_scale=_balance_scale(table),
+        low_balance=table.get_float("low_balance", None, min=0),
     )
     table.finish()
     return settings
+
+
+MIN_ACCOUNT_INTERVAL: Final = 60.0
+"""The least ``login_retry`` and ``balance_check`` for a real gateway: some platforms lock an
+account after repeated refused logins."""
+
+
+def _account_interval(table: Table, key: str, simulator: bool) -> float:
+    """``gateway.login_retry`` or ``gateway.balance_check``: at least a minute, except for
+    the simulator (tests)."""
+    default = getattr(GatewaySettings, key)
+    low = 0.1 if simulator else MIN_ACCOUNT_INTERVAL
+    value = table.get_float(key, default, min=0, unit="seconds")
+    if value < low:
+        table.error(
+            key,
+            f"must be at least {low:g} seconds, got {value:g}"
+            + ("" if simulator else " (only gateway.simulator = true allows less)"),
+        )
+        return default
+    return value
+
+
+def _balance_scale(table: Table) -> float:
+    scale = table.get_float("balance_scale", GatewaySettings.balance_scale, min=0)
+    if scale <= 0:
+        table.error(
+            "balance_scale",
+            "must be more than 0: what one unit of getfee's balance is worth "
+            "(1 for SMS counts, 0.1 for tenths of a yuan), got 0",
+        )
+        return GatewaySettings.balance_scale
+    return scale
+
+
+def _simulator(table: Table, base_urls: tuple[str, ...]) -> bool:
+    """``gateway.simulator``: set by hand for the built-in simulator, never guessed from the
+    address (a local tunnel to a real gateway is on loopback too); every base URL must then
+    be on this machine, so a simulator config cannot read a real gateway fast by mistake."""
+    simulator = table.get_bool("simulator", GatewaySettings.simulator)
+    remote = [url for url in base_urls if not is_loopback_url(url)]
+    if simulator and remote:
+        table.error(
+            "simulator",
+            "is only for the built-in simulator on this machine (127.0.0.0/8, ::1, localhost), "
+            f"but base_urls has {len(remote)} other address(es): remove simulator = true",
+        )
+        return False
+    return simulator
 
 
 def _password(table: Table, environ: Mapping[str, str], needed: bool) -> str:
@@ -438,8 +644,9 @@ def _store(table: Table, environ: Mapping[str, str]) -> StoreSettings:
     state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
     default = str(Path(state_dir) / "responder.db") if state_dir else "responder.db"
     path = table.get_path("path", default) or Path(default)
+    keep_days = table.get_int("keep_days", StoreSettings.keep_days, min=0, max=100 * 365)
     table.finish()
-    return StoreSettings(path=path)
+    return StoreSettings(path=path, keep_days=keep_days)
 
 
 def _log(table: Table) -> LogSettings:
@@ -480,6 +687,7 @@ def _replies(table: Table) -> ReplySettings:
         on_uncertain=table.get_str(
             "on_uncertain", ReplySettings.on_uncertain, choices=("resend", "give_up")
         ),
+        max_age=table.get_float("max_age", ReplySettings.max_age, min=60, unit="seconds"),
     )
     if len(settings.signature) > 20:
         table.error("signature", f"must be at most 20 characters, got {len(settings.signature)}")

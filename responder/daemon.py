@@ -29,23 +29,43 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from responder import pipeline, sender
+from responder.account import Account
 from responder.app import App, build_app
-from responder.config import ConfigError, Settings, load_settings
-from responder.gateway import LoginError, OutcomeUnknown, TransientError
+from responder.config import ConfigError, GatewaySettings, Settings, load_settings
+from responder.gateway import (
+    CONNECT_TIMEOUT,
+    AccountError,
+    OutcomeUnknown,
+    ReadTooSoon,
+    TransientError,
+)
 from responder.logs import configure_logging
 from responder.metrics import MetricsServer, start_metrics
 from responder.notify import Notifier, monotonic_usec
-from responder.store import Store, StoreError
+from responder.store import JournalUnwritable, Store, StoreError
 from responder.supervision import Supervisor
 
 MAX_READ_BACKOFF: Final = 300.0
 WORK_TICK: Final = 1.0
 LINGER: Final = 0.2
 STOP_TIMEOUT: Final = 8.0
+"""Seconds a stop waits for the message or send in hand (a read in flight gets longer)."""
+RETENTION_INTERVAL: Final = 3600.0
+"""Seconds between two runs of the retention job (``store.keep_days``); one runs at start."""
+STOP_MARGIN: Final = 5.0
+"""Seconds beyond a read's longest request for a stop to journal what the read brought."""
 
 log = structlog.get_logger("responder.daemon")
 
 Notify = Callable[[str], None]
+
+
+def read_stop_wait(gateway: GatewaySettings) -> float:
+    """The longest a stop waits for a read in flight: a failed connection to each server
+    address but the last (a read moves on only when it could not connect), the whole
+    request on the last one, and a margin to journal what it brought."""
+    connect = min(gateway.timeout, CONNECT_TIMEOUT)
+    return max(len(gateway.base_urls), 1) * connect + gateway.timeout + STOP_MARGIN
 
 
 class LoopJob:
@@ -121,9 +141,13 @@ class Daemon:
         self.exit_code = 0
         self.app: App | None = None
         self.store: Store | None = None
-        self.login_failed = False
+        self.account: Account | None = None
+        """The account's state (refused, out of credit): gates reads and sends."""
         self._read_failures = 0
         self._read_backoff_until = 0.0
+        self.read_hold: str | None = None
+        """Why reading is held (the journal could not take a message), "" when it is not;
+        None before the first check."""
         self._requests: list[str] = []
         self._wake = threading.Event()
         self._paused = threading.Event()
@@ -158,6 +182,13 @@ class Daemon:
         self._configure_logs(settings)
         self.store = Store(settings.store.path, clock=self.clock)
         self.store.claim_exclusive()
+        self.store.verify()  # a damaged store stops here, with one line, not mid-work
+        self.account = Account(
+            self.store,
+            settings.gateway,
+            clock=self.clock,
+            on_change=self.supervisor.account_changed,
+        )
         app = build_app(
             settings, store=self.store, clock=self.clock, extra_plugins=self.extra_plugins
         )
@@ -191,6 +222,12 @@ class Daemon:
                 next_run_time=self._utc_in(0),
             )
         self._schedule_plugin_jobs(app)
+        self._scheduler.add_job(
+            lambda: self.guarded("retention", self._retention_step),
+            IntervalTrigger(seconds=RETENTION_INTERVAL),
+            id="retention",
+            next_run_time=self._utc_in(0),
+        )
         self.supervisor.schedule(self._scheduler)
         self._scheduler.start()
         log.info(
@@ -226,21 +263,36 @@ class Daemon:
 
         return lambda: self.guarded(f"plugin:{name}", step)
 
-    def _wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while any(job.busy for job in self.jobs.values()):
-            if time.monotonic() >= deadline:
+    def _wait_idle(self, timeout: float, *, read_timeout: float | None = None) -> bool:
+        """Wait until no job runs; the read job may be given longer (``read_timeout``)."""
+        start = time.monotonic()
+        deadlines = {name: timeout for name in self.jobs}
+        if read_timeout is not None and "read" in deadlines:
+            deadlines["read"] = max(timeout, read_timeout)
+        while busy := [name for name, job in self.jobs.items() if job.busy]:
+            if all(time.monotonic() - start >= deadlines[name] for name in busy):
                 return False
             time.sleep(0.05)
         return True
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """Finish the work in hand and stop; False when some was still running at the deadline."""
+        """Finish the work in hand and stop; False when some was still running at the deadline.
+
+        A read in flight is waited for up to its longest possible request plus a margin
+        (``read_stop_wait``), however long that is: the platform has handed out the message
+        it brings and will not hand it out again, so it must be journaled before the store
+        closes. The other jobs get ``timeout``: what they leave is redone at the next start.
+        """
         self.notify("STOPPING=1")
         self.stopping.set()
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        finished = self._wait_idle(timeout)
+        read_wait = read_stop_wait(self.app.settings.gateway) if self.app is not None else None
+        if read_wait is not None and self.supervisor.heartbeat.running_for("read") is not None:
+            log.info("stop_waits_for_read", up_to=round(read_wait, 1))
+            # Never shortens systemd's TimeoutStopSec=; lengthens it if a config needs more.
+            self.notify(f"EXTEND_TIMEOUT_USEC={int(read_wait * 1_000_000)}")
+        finished = self._wait_idle(timeout, read_timeout=read_wait)
         if not finished:
             busy = [name for name, job in self.jobs.items() if job.busy]
             log.warning("stopped_with_work_in_flight", jobs=busy)
@@ -284,7 +336,8 @@ class Daemon:
                     self._scheduler.remove_job(f"plugin:{job.name}")
                 self._configure_logs(settings)
                 self._install(app)
-                self.login_failed = False
+                assert self.account is not None
+                self.account.configure(settings.gateway)  # tries the account again at once
                 self._read_backoff_until = 0.0
                 self._scheduler.reschedule_job(
                     "read",
@@ -359,28 +412,29 @@ class Daemon:
         return False
 
     def _read_step(self) -> bool:
-        app = self.app
-        assert app is not None
-        if self.login_failed or app.time() < self._read_backoff_until:
+        app, account = self.app, self.account
+        assert app is not None and account is not None
+        if app.time() < self._read_backoff_until or not account.may_read():
+            return False
+        if self._journal_held(app):  # what a read brings could not be journaled
             return False
         left = app.gateway.read_gate.seconds_left()
         if left > 0 and self.stopping.wait(left):
             return False
-        if self._paused.is_set():  # a reload began while this step waited
+        if self._paused.is_set() or self.stopping.is_set():  # a reload or stop began meanwhile
             return False
         try:
             sms = app.gateway.read_one()
-        except LoginError as err:
-            self.supervisor.read_answered("error", f"login refused: {err}")
-            self.login_failed = True
-            log.error(
-                "login_refused",
-                error=str(err),
-                action="reading and sending stopped: fix the account and reload (SIGHUP)",
-            )
-            self.notify("STATUS=login refused by the gateway: fix the account, then reload")
+        except JournalUnwritable as err:  # the read-start mark failed: no request went out
+            self._hold_reads(app, str(err))
+            return False
+        except AccountError as err:  # refused or suspended: tried again every login_retry
+            self.supervisor.read_answered("error", f"{err.state.label}: {err}")
+            account.refused(err)
             return False
         except TransientError as err:
+            # Backs off at least one interval beyond the normal one (2 × poll_interval, then
+            # doubling): after 读取过于频繁 the platform counted the refused call too.
             self._read_failures += 1
             delay = min(
                 app.settings.gateway.poll_interval * 2 ** min(self._read_failures, 16),
@@ -388,7 +442,9 @@ class Daemon:
             )
             self._read_backoff_until = app.time() + delay
             event = "read_answer_lost" if isinstance(err, OutcomeUnknown) else "read_failed"
-            self.supervisor.read_answered("error", str(err))
+            event = "read_too_soon" if isinstance(err, ReadTooSoon) else event
+            result = "too_soon" if isinstance(err, ReadTooSoon) else "error"
+            self.supervisor.read_answered(result, str(err))
             log.warning(
                 event, error=str(err), retry_in=round(delay, 1), failures=self._read_failures
             )
@@ -397,6 +453,7 @@ class Daemon:
             self.supervisor.read_answered("error", f"unexpected {type(err).__name__}")
             raise
         self._read_failures = 0
+        account.read_worked()
         if sms is None:
             self.supervisor.read_answered("empty")
             return False
@@ -413,7 +470,7 @@ class Daemon:
             raise
         self.supervisor.read_answered("message")
         if message is None:
-            log.warning("message_duplicate", gateway_id=sms.gateway_id)
+            log.warning("message_duplicate", gateway_id=sms.gateway_id, src=sms.src)
         else:
             log.info(
                 "message_received",
@@ -426,6 +483,46 @@ class Daemon:
             self.kick("process")
         return True
 
+    def _journal_held(self, app: App) -> bool:
+        """Whether reading must wait: too little room for the store, or (while held) the
+        store still refuses a write. Holds or resumes reading accordingly."""
+        problem = app.store.journal_problem()
+        if not problem and self.read_hold:
+            problem = app.store.probe_write()
+        self._hold_reads(app, problem)
+        return bool(problem)
+
+    def _hold_reads(self, app: App, reason: str) -> None:
+        """Hold reading for ``reason``, or resume it for ""; logged and shown once per change."""
+        if reason == (self.read_hold or ""):
+            if self.read_hold is None:  # the first check: clear what a previous run left
+                self.read_hold = reason
+                if app.store.get_meta("reads_held"):
+                    app.store.set_reads_held(reason)
+            return
+        if reason:
+            log.error(
+                "reads_held",
+                reason=reason,
+                action="messages stay on the gateway; reading resumes by itself once the "
+                "store can take them",
+            )
+        else:
+            log.info("reads_resumed", was=self.read_hold)
+        self.read_hold = reason
+        app.store.set_reads_held(reason)
+        self.supervisor.send_status()
+
+    def _retention_step(self) -> bool:
+        """Delete what ``store.keep_days`` no longer keeps, in short batches."""
+        app = self.app
+        assert app is not None
+        keep_days = app.settings.store.keep_days
+        messages, rows = app.store.prune(keep_days, stop=self.stopping.is_set)
+        if messages:
+            log.info("store_pruned", messages=messages, outbox_rows=rows, keep_days=keep_days)
+        return False
+
     def _process_step(self) -> bool:
         app = self.app
         assert app is not None
@@ -436,17 +533,14 @@ class Daemon:
         return True
 
     def _send_step(self) -> bool:
-        app = self.app
-        assert app is not None
-        if self.login_failed:
+        app, account = self.app, self.account
+        assert app is not None and account is not None
+        account.check_balance(app.gateway)
+        batch = account.send_batch(sender.BATCH)  # none while the account cannot send
+        if not batch:
             return False
         try:
-            return sender.send_due(app) > 0
-        except LoginError as err:
-            self.login_failed = True
-            log.error(
-                "login_refused",
-                error=str(err),
-                action="reading and sending stopped: fix the account and reload (SIGHUP)",
-            )
+            return sender.send_due(app, batch, account=account) > 0
+        except AccountError as err:  # the row went back to pending, its attempt not counted
+            account.refused(err)
             return False

@@ -45,6 +45,7 @@ def demo_config(base_url: str, store: Path, interval: float) -> dict[str, Any]:
             "name": "demo",
             "password": "demo",
             "poll_interval": interval,
+            "simulator": True,
             "timeout": 5,
         },
         "store": {"path": str(store)},

@@ -7,9 +7,10 @@ query string, so the password cannot leak through this module.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Final
+from enum import Enum, StrEnum
+from typing import ClassVar, Final
 
 import httpx
 import structlog
@@ -19,17 +20,22 @@ from responder.config import GatewaySettings
 from responder.models import InboundSms, SendResult
 from responder.protocol import (
     NOTHING_UNREAD,
+    TOO_SOON,
     MalformedBody,
     encode_form,
     format_platform_time,
     parse_body,
+    parse_int,
     parse_read_result,
     parse_send_result,
 )
 from responder.text import SMS_LIMIT, make_encodable, split_parts
 
 LONG_SMS_LIMIT: Final = 500
-_LOGIN_WORDS: Final = ("密码", "用户名", "帐号", "账号", "账户", "登录", "鉴权", "认证")
+CONNECT_TIMEOUT: Final = 5.0
+"""The longest wait for a connection (or gateway.timeout if shorter)."""
+BALANCE_FILE: Final = "getfee.aspx"
+_TOO_SOON_WORDS: Final = (TOO_SOON, "频繁", "间隔")
 _EXCERPT: Final = 120
 
 log = structlog.get_logger("responder.gateway")
@@ -63,8 +69,157 @@ class OutcomeUnknown(TransientError):
     """
 
 
-class LoginError(GatewayError):
-    """The gateway refused the account name or password: retrying will not help."""
+class ReadTooSoon(TransientError):
+    """readsms answered that the read came too soon (``读取过于频繁``): no message, and the
+    platform counted the call, so the next read must wait longer than the interval."""
+
+
+class AccountState(StrEnum):
+    """What the account allows, as judged from the gateway's answers."""
+
+    OK = "ok"
+    LOGIN_REFUSED = "login_refused"
+    """The name or password was refused (6002, 6010): nothing can be read or sent."""
+    OUT_OF_CREDIT = "out_of_credit"
+    """No credit left (6013): reading works, sending must wait for a top-up."""
+    SUSPENDED = "suspended"
+    """The account is suspended (6019) or this machine's IP is not allowed (6012)."""
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+
+class Verdict(Enum):
+    """Whom a gateway answer concerns: the whole account, this request only, or nobody."""
+
+    OK = "ok"
+    LOGIN_REFUSED = "login_refused"
+    SUSPENDED = "suspended"
+    OUT_OF_CREDIT = "out_of_credit"
+    REQUEST = "request"
+    """This request, number or sender only (blacklisted, too long, forbidden words, ...):
+    sending the same again cannot succeed, other sends can."""
+    UNKNOWN = "unknown"
+    """No known code and no telling text: judged by the caller as before (``num``)."""
+
+    @property
+    def account_state(self) -> AccountState | None:
+        """The account's state this answer puts it in; None when it says nothing of it."""
+        return _ACCOUNT_STATES.get(self)
+
+
+_ACCOUNT_STATES: Final[Mapping[Verdict, AccountState]] = {
+    Verdict.LOGIN_REFUSED: AccountState.LOGIN_REFUSED,
+    Verdict.SUSPENDED: AccountState.SUSPENDED,
+    Verdict.OUT_OF_CREDIT: AccountState.OUT_OF_CREDIT,
+}
+
+ERRID_VERDICTS: Final[Mapping[int, Verdict]] = {
+    0: Verdict.OK,
+    6002: Verdict.LOGIN_REFUSED,  # 账号不正确
+    6010: Verdict.LOGIN_REFUSED,  # 密码不正确
+    6012: Verdict.SUSPENDED,  # IP 限制
+    6019: Verdict.SUSPENDED,  # 停机
+    6013: Verdict.OUT_OF_CREDIT,  # 余额不足
+    6009: Verdict.REQUEST,  # 黑名单: that number
+    6011: Verdict.REQUEST,  # 超长
+    6015: Verdict.REQUEST,  # 非法字符 / 屏蔽词
+    6021: Verdict.REQUEST,  # 扩展号码未备案: that sender
+    6023: Verdict.REQUEST,  # 号码太多
+    6024: Verdict.REQUEST,  # 定时时间不正确
+    6025: Verdict.REQUEST,  # 扩展号码太长
+}
+"""The codes in section 4 of the protocol note."""
+
+# Used only when errid is missing or unknown, in this order: "账号余额不足" names the
+# account but is about credit, "账户已停机" a suspension, not a wrong password.
+_TEXT_VERDICTS: Final = (
+    (Verdict.OUT_OF_CREDIT, ("余额不足", "欠费", "余额为0", "余额为零", "余额已用完", "credit")),
+    (
+        Verdict.SUSPENDED,
+        ("停机", "停用", "冻结", "禁用", "暂停", "IP限制", "IP 限制", "IP不", "IP地址", "suspend"),
+    ),
+    (
+        Verdict.REQUEST,
+        ("黑名单", "超长", "非法字符", "屏蔽词", "敏感词", "未备案", "号码太多", "定时"),
+    ),
+    (
+        Verdict.LOGIN_REFUSED,
+        ("密码", "用户名", "帐号", "账号", "账户", "登录", "鉴权", "认证", "password", "login"),
+    ),
+)
+
+
+def classify(errid: int | None, err: str) -> Verdict:
+    """Judge a gateway answer by its ``errid`` first, by its ``err`` text only when the code
+    is missing or not one of the known ones."""
+    if errid is not None and errid in ERRID_VERDICTS:
+        return ERRID_VERDICTS[errid]
+    text = err.lower()
+    for verdict, words in _TEXT_VERDICTS:
+        if any(word.lower() in text for word in words):
+            return verdict
+    return Verdict.UNKNOWN
+
+
+def classify_fields(fields: Mapping[str, str]) -> Verdict:
+    return classify(parse_int(fields.get("errid")), fields.get("err", ""))
+
+
+class AccountError(GatewayError):
+    """The gateway refused the account itself, not this request: no call of that kind can
+    succeed until the account changes. ``state`` is the account state it means."""
+
+    state: ClassVar[AccountState]
+
+    def __init__(self, message: str, *, errid: int | None = None, err: str = "") -> None:
+        super().__init__(message)
+        self.errid = errid
+        self.err = err
+
+    @property
+    def reason(self) -> str:
+        """The gateway's own words and code, for status and logs."""
+        text = self.err.strip() or "no reason given"
+        return text if self.errid is None else f"{text} (errid {self.errid})"
+
+
+class LoginError(AccountError):
+    """The gateway refused the account name or password: retrying at once will not help."""
+
+    state = AccountState.LOGIN_REFUSED
+
+
+class AccountSuspended(AccountError):
+    """The account is suspended, or calls from this IP address are not allowed."""
+
+    state = AccountState.SUSPENDED
+
+
+class OutOfCredit(AccountError):
+    """The account has no credit left: no send can succeed until it is topped up."""
+
+    state = AccountState.OUT_OF_CREDIT
+
+
+class BalanceNotOffered(GatewayError):
+    """The provider has no balance endpoint (HTTP 404, or an error instead of a balance)."""
+
+
+_ACCOUNT_ERRORS: Final[Mapping[Verdict, tuple[type[AccountError], str]]] = {
+    Verdict.LOGIN_REFUSED: (LoginError, "the gateway refused the login"),
+    Verdict.SUSPENDED: (AccountSuspended, "the gateway refused the account (suspended or IP)"),
+    Verdict.OUT_OF_CREDIT: (OutOfCredit, "the account is out of credit"),
+}
+
+
+def account_error(verdict: Verdict, errid: int | None, err: str) -> AccountError:
+    """The exception an account-level answer means (``verdict.account_state`` is set)."""
+    kind, what = _ACCOUNT_ERRORS[verdict]
+    error = kind(what, errid=errid, err=err)
+    error.args = (f"{what}: {error.reason}",)
+    return error
 
 
 class ReadGate:
@@ -131,9 +286,10 @@ class ReadGate:
             self._on_end(self.last_read)
 
 
-def is_login_failure(fields: dict[str, str]) -> bool:
-    err = fields.get("err", "").lower()
-    return any(word in err for word in _LOGIN_WORDS) or "password" in err or "login" in err
+def is_too_soon(fields: dict[str, str]) -> bool:
+    """A read refused as too frequent; vendors word it differently (频繁, 间隔)."""
+    err = fields.get("err", "")
+    return any(word in err for word in _TOO_SOON_WORDS)
 
 
 class GatewayClient:
@@ -150,7 +306,7 @@ class GatewayClient:
         self.read_gate = read_gate or ReadGate(settings.poll_interval, timeout=settings.timeout)
         self._preferred = 0
         self._http = httpx.Client(
-            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 5.0)),
+            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, CONNECT_TIMEOUT)),
             follow_redirects=False,
             headers={"User-Agent": f"sms-responder/{__version__}"},
             transport=transport,
@@ -170,9 +326,11 @@ class GatewayClient:
     def read_one(self) -> InboundSms | None:
         """Read one unread inbound SMS, or None when there is none.
 
-        Waits out the read interval first. Raises LoginError, or TransientError; its
+        Waits out the read interval first. Raises LoginError or AccountSuspended when the
+        gateway refused the account (out of credit does not stop reads), or TransientError; its
         subclass OutcomeUnknown when no answer came back, so the read may have consumed
-        a message on the server.
+        a message on the server; its subclass ReadTooSoon when the platform refused the
+        read as too frequent.
         """
         self.read_gate.wait()
         self.read_gate.begin()
@@ -180,14 +338,18 @@ class GatewayClient:
             fields, raw = self._call("readsms.aspx", self._auth(), sending=False)
         finally:
             self.read_gate.end()
-        if is_login_failure(fields):
-            raise LoginError(f"the gateway refused the login: {fields.get('err', '')}")
+        verdict = classify_fields(fields)
+        refused = verdict in (Verdict.LOGIN_REFUSED, Verdict.SUSPENDED)  # credit: reads go on
+        if refused and (parse_int(fields.get("id")) or 0) <= 0:  # never a message's answer
+            raise account_error(verdict, parse_int(fields.get("errid")), fields.get("err", ""))
         try:
             sms = parse_read_result(fields, raw)
         except MalformedBody as err:
             raise TransientError(
                 f"unusable readsms answer: {err}", excerpt=raw[:_EXCERPT]
             ) from None
+        if sms is None and is_too_soon(fields):
+            raise ReadTooSoon(f"readsms too soon: {fields.get('err', '')}", excerpt=raw[:_EXCERPT])
         if sms is None and fields.get("id", "").strip() not in ("0", ""):
             raise TransientError(
                 f"readsms refused: {fields.get('err', '')}", excerpt=raw[:_EXCERPT]
@@ -213,7 +375,9 @@ class GatewayClient:
 
         Texts longer than one SMS go through longsend when ``long_sms`` is on, otherwise
         they are split into marked parts. More numbers than ``max_recipients`` go out in
-        several requests. Raises LoginError, TransientError or OutcomeUnknown.
+        several requests. Raises an AccountError (LoginError, AccountSuspended, OutOfCredit)
+        when the gateway refused the account, TransientError or OutcomeUnknown. Any other
+        refusal comes back as a result that is not ``ok``: ``classify`` it.
         """
         numbers = [n.strip() for n in numbers if n.strip()]
         if not numbers:
@@ -246,9 +410,43 @@ class GatewayClient:
     def _send_once(self, endpoint: str, params: dict[str, str]) -> SendResult:
         fields, raw = self._call(endpoint, params, sending=True)
         result = parse_send_result(fields, raw)
-        if not result.ok and is_login_failure(fields):
-            raise LoginError(f"the gateway refused the login: {result.err}")
+        if not result.ok:
+            verdict = classify(result.errid, result.err)
+            if verdict.account_state is not None:
+                raise account_error(verdict, result.errid, result.err)
         return result
+
+    # -- getfee ----------------------------------------------------------------------
+
+    def balance(self) -> float:
+        """The account's balance from ``getfee.aspx``: the integer in ``id`` times
+        ``balance_scale``.
+
+        Raises BalanceNotOffered when the provider has no such endpoint (HTTP 404, or an
+        error answer instead of a balance), LoginError or AccountSuspended when it refused
+        the account, TransientError when it could not be asked now.
+        """
+        try:
+            fields, raw = self._call(BALANCE_FILE, self._auth(), sending=False)
+        except TransientError as err:
+            if err.status == 404:
+                raise BalanceNotOffered(
+                    "no balance endpoint", where=err.where, status=404
+                ) from None
+            raise
+        errid = parse_int(fields.get("errid"))
+        value = parse_int(fields.get("id"))
+        if value is not None and (errid == 0 or (errid is None and value >= 0)):
+            return value * self.settings.balance_scale
+        verdict = classify(errid, fields.get("err", ""))
+        if verdict is Verdict.OUT_OF_CREDIT:
+            return 0.0
+        if verdict.account_state is not None:
+            raise account_error(verdict, errid, fields.get("err", ""))
+        raise BalanceNotOffered(
+            f"getfee answered no balance: {fields.get('err', '')}".rstrip(": "),
+            excerpt=raw.strip()[:_EXCERPT],
+        )
 
     # -- transport -------------------------------------------------------------------
 

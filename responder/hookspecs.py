@@ -17,6 +17,7 @@ on your own implementations move them to either end.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -116,7 +117,7 @@ def responder_after_send(app: App, message: Message, reply: Reply, delivery: Del
 
     Called for every plugin after each attempt, with a ``Delivery`` whose ``status`` is
     "sent", "refused", "retrying", "dead" or "uncertain"; also at start-up for each send
-    a previous process left under way ("uncertain", or "dead" when giving up). Return
+    a previous process left under way ("uncertain": resent, or given up on). Return
     value ignored.
     """
 
@@ -140,4 +141,19 @@ def responder_status(app: App) -> StatusSection | None:
     Called for every plugin whenever status is shown or metrics are scraped. Return a
     ``StatusSection`` (read it from the store: status runs in another process than the
     daemon) or None. Every result is shown.
+    """
+
+
+@hookspec
+def responder_check(app: App) -> Iterable[str] | None:
+    """Warn about a configuration that is valid but probably not what was meant.
+
+    Called by ``responder check`` once every section was parsed (also when some had
+    errors: a default then stands in for each bad value), with a dry-run ``app`` on an
+    empty in-memory store. Return warning sentences, each naming the file and the dotted
+    key ("FILE: keywords.rules[2].reply: ..."), or None. For a reply text from the
+    configuration, ``responder.checks.reply_warnings(app, key, text)`` gives the standard
+    warnings (characters the gateway encoding cannot carry, a text ``replies.max_parts``
+    will cut, the signature written into the text). Every result is shown, as
+    "warning: ..." lines; warnings never make the check fail.
     """

@@ -1,12 +1,15 @@
 """Logging: structlog for our events and the stdlib loggers of httpx and APScheduler alike.
 
-JSON lines for journald, readable lines for people. Every rendered line passes through
-a redactor that removes the configured secrets, whatever put them there. Tracebacks
-never include local variables.
+JSON lines for journald, readable lines for people. A redactor removes the configured
+secrets, whatever put them there: from each event's values before they are rendered (the
+JSON renderer and repr() escape quotes, backslashes and newlines, after which the secret
+is no longer there as written), and again from the rendered line. Tracebacks never
+include local variables.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -39,8 +42,12 @@ class _SkippedRunFilter(logging.Filter):
 _skipped_run_filter = _SkippedRunFilter()
 
 
+_PLAIN = (bool, int, float, type(None))
+"""Values rendered as they are, which cannot hold a secret string."""
+
+
 class Redactor:
-    """Replaces secrets, and their percent-encoded forms, in rendered log lines."""
+    """Replaces secrets, and their percent-encoded and escaped forms, in log output."""
 
     def __init__(self) -> None:
         self._needles: tuple[str, ...] = ()
@@ -51,6 +58,16 @@ class Redactor:
             if not secret:
                 continue
             needles.add(secret)
+            # As the renderers escape it, should one reach the line unredacted.
+            needles.update(
+                form
+                for form in (
+                    json.dumps(secret, ensure_ascii=False)[1:-1],
+                    json.dumps(secret)[1:-1],
+                    repr(secret)[1:-1],
+                )
+                if form
+            )
             for encoding in {*encodings, "utf-8"}:
                 try:
                     needles.update(
@@ -73,11 +90,45 @@ class Redactor:
                 text = text.replace(needle, REDACTED)
         return text
 
+    @property
+    def active(self) -> bool:
+        """Whether there is any secret to remove."""
+        return bool(self._needles)
+
+    def value(self, value: Any) -> Any:
+        """A log value with the secrets removed before rendering: strings, the keys and
+        items of dicts, lists and tuples, and any other object as its repr (which is how
+        the renderers would show it)."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, _PLAIN):
+            return value
+        if isinstance(value, dict):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.value(item) for item in value)
+        try:
+            return self(repr(value))
+        except Exception:  # a broken __repr__ must not lose the log line
+            return f"<{type(value).__name__}>"
+
 
 redactor = Redactor()
 
 
+def _redact_event(logger: Any, name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove the secrets from every value before the renderer escapes them."""
+    if not redactor.active:
+        return event_dict
+    return {
+        key: value if key == "exc_info" else redactor.value(value)
+        for key, value in event_dict.items()
+    }
+
+
 class _RedactingRenderer:
+    """The renderer, with its output redacted once more (a console traceback, say)."""
+
     def __init__(self, renderer: Any) -> None:
         self._renderer = renderer
 
@@ -112,15 +163,17 @@ def configure_logging(
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
+            _redact_event,
             _RedactingRenderer(structlog.processors.JSONRenderer(ensure_ascii=False)),
         ]
     else:
         final = [
+            _redact_event,  # the traceback (exc_info) is rendered as text: the final pass
             _RedactingRenderer(
                 structlog.dev.ConsoleRenderer(
                     colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
                 )
-            )
+            ),
         ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],

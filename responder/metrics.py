@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from responder import __version__
+from responder.account import AccountStatus
 from responder.config import ConfigError, Settings
-from responder.store import DEAD, PENDING, SENDING, SENT, Store
+from responder.gateway import AccountState
+from responder.store import DEAD, PENDING, SENDING, SENT, UNCERTAIN, Store
 
 if TYPE_CHECKING:
     from responder.app import App
@@ -37,10 +39,11 @@ class StoreFigures:
     unanswered: dict[str, int]
     """Messages not answered, by who decided: a plugin's name, "no reply", "empty reply"."""
     outbox: dict[str, int]
-    """Outgoing SMS by state (pending, sending, sent, dead)."""
+    """Outgoing SMS by state (pending, sending, sent, dead, uncertain)."""
     sends: dict[tuple[str, str], int]
-    """Outgoing SMS that were attempted, by (result, errid): result is "sent", "dead" or
-    "retrying"; errid is the gateway's last errid ("" when no answer came)."""
+    """Outgoing SMS that were attempted, by (result, errid): result is "sent", "dead",
+    "uncertain" (given up, may have gone out) or "retrying"; errid is the gateway's last
+    errid ("" when no answer came)."""
     uncertain: int
     last_read_ok_at: float | None
     last_read_at: float | None
@@ -62,17 +65,19 @@ def store_figures(store: Store) -> StoreFigures:
     for reason, count in status.reasons.items():
         who = reason.split(":", 1)[0].strip() if ":" in reason else reason
         unanswered[who] = unanswered.get(who, 0) + count
+    # Aliases unlike any column: GROUP BY binds a column first (outbox.result is the raw
+    # answer, distinct per row), which would give one group per row.
     rows = store.query(
-        "SELECT CASE WHEN state IN (?, ?) THEN state ELSE 'retrying' END AS result,"
-        " COALESCE(CAST(errid AS TEXT), '') AS errid, COUNT(*) AS n"
-        " FROM outbox WHERE attempts > 0 GROUP BY result, errid",
-        (SENT, DEAD),
+        "SELECT CASE WHEN state IN (?, ?, ?) THEN state ELSE 'retrying' END AS send_result,"
+        " COALESCE(CAST(errid AS TEXT), '') AS last_errid, COUNT(*) AS n"
+        " FROM outbox WHERE attempts > 0 GROUP BY send_result, last_errid",
+        (SENT, DEAD, UNCERTAIN),
     )
     return StoreFigures(
         messages=status.messages,
         unanswered=unanswered,
         outbox=status.outbox,
-        sends={(row["result"], row["errid"]): row["n"] for row in rows},
+        sends={(row["send_result"], row["last_errid"]): row["n"] for row in rows},
         uncertain=status.uncertain_sends,
         last_read_ok_at=status.last_read_ok_at,
         last_read_at=status.last_read_at,
@@ -115,6 +120,7 @@ class ResponderCollector:
             if app is None:
                 raise RuntimeError("the daemon is not running")
             figures = store_figures(app.store)
+            account = AccountStatus.load(app.store)
             sections = app.status_sections()
         except Exception as err:
             log.warning("metrics_store_failed", error=f"{type(err).__name__}: {err}")
@@ -135,7 +141,8 @@ class ResponderCollector:
             ("outbox", "outgoing SMS in the store, by state", ("state",), figures.outbox),
             (
                 "sends",
-                "outgoing SMS attempted, by result (sent, dead, retrying) and the last errid",
+                "outgoing SMS attempted, by result (sent, dead, uncertain, retrying)"
+                " and the last errid",
                 ("result", "errid"),
                 figures.sends,
             ),
@@ -162,6 +169,7 @@ class ResponderCollector:
                 family = gauge(f"{name}_timestamp_seconds", f"{doc} (epoch seconds)")
                 family.add_metric([], moment)
                 yield family
+        yield from account_metrics(account, gauge)
         family = gauge(
             "plugin_figure",
             "numeric figures plugins report through responder_status",
@@ -172,6 +180,25 @@ class ResponderCollector:
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     family.add_metric([section.title, _metric_name(figure)], value)
         yield family
+
+
+def account_metrics(account: AccountStatus, gauge: Callable[..., Any]) -> Iterator[Any]:
+    """The account's state (1 for the current one), its balance and the low-balance flag."""
+    state = gauge(
+        "account_state",
+        "1 for the account's current state: ok, login_refused, out_of_credit, suspended",
+        ("state",),
+    )
+    for each in AccountState:
+        state.add_metric([each.value], 1 if each is account.state else 0)
+    yield state
+    if account.balance is not None:
+        balance = gauge("balance", "the account's balance (getfee, times gateway.balance_scale)")
+        balance.add_metric([], account.balance)
+        yield balance
+    low = gauge("low_balance", "1 when the balance is under gateway.low_balance")
+    low.add_metric([], int(account.low_balance))
+    yield low
 
 
 class MetricsServer:

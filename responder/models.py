@@ -52,6 +52,9 @@ class Reply:
     """The plugin that produced it; filled in by the pipeline."""
     meta: tuple[tuple[str, str], ...] = ()
     """Free-form labels for logs and ``simulate`` (rule name, match reason)."""
+    sender: str | None = None
+    """The extension (digits after the service code) it goes out from. None: the one the
+    customer wrote to (see ``gateway.service_number``); "": ``gateway.sender``."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class Delivery:
     text: str
     attempt: int
     status: str
-    """"sent", "refused" (num=0), "retrying", "dead" (gave up) or "uncertain" (outcome unknown)."""
+    """"sent", "refused" (num=0), "retrying", "dead" (gave up) or "uncertain" (outcome
+    unknown: sent again, or given up on under ``replies.on_uncertain = "give_up"``)."""
     result: SendResult | None
     error: str = ""
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import structlog
 
 from responder.app import App
+from responder.config import GatewaySettings
 from responder.gateway import LONG_SMS_LIMIT
 from responder.models import Message, Reply, Veto
-from responder.store import FAILED, OutgoingSms, StoreError
+from responder.store import FAILED, OutgoingSms, StoreError, is_storage_failure
 from responder.text import SMS_LIMIT, clean_control, fit_parts, make_encodable
 
 log = structlog.get_logger("responder.pipeline")
@@ -23,6 +24,8 @@ log = structlog.get_logger("responder.pipeline")
 NO_RECIPIENT = "no number to reply to (the message has no sender number)"
 MAX_ATTEMPTS = 3
 """Times processing a message may begin before it is set aside."""
+MAX_EXTENSION = 6
+"""A ``dst`` this short (in digits) is an extension, not a whole number."""
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,22 @@ class Decision:
 
 
 def compose(app: App, text: str) -> Composed:
-    """Apply the reply rules: clean, make encodable, add the signature, split, cap parts."""
+    """Apply the reply rules: clean, make encodable, add the signature, split, cap parts.
+
+    The signature is never added twice: a text that starts or ends with it loses it there
+    and gets it back at ``signature_position`` on every part; a text holding it anywhere
+    else is sent as written, without another.
+    """
     settings = app.settings.replies
     text, replaced = make_encodable(clean_control(text), app.settings.gateway.encoding)
-    text = text.strip()
+    signature = settings.signature
+    text = _without_signature_at_ends(text.strip(), signature)
     if not text:
         return Composed(parts=(), truncated=False, replaced=replaced)
-    prefix = settings.signature if settings.signature_position == "prefix" else ""
-    suffix = settings.signature if settings.signature_position == "suffix" else ""
+    if signature and signature in text:
+        signature = ""
+    prefix = signature if settings.signature_position == "prefix" else ""
+    suffix = signature if settings.signature_position == "suffix" else ""
     if app.settings.gateway.long_sms:
         parts, truncated = fit_parts(
             text, max_parts=1, limit=LONG_SMS_LIMIT, prefix=prefix, suffix=suffix
@@ -81,6 +92,17 @@ def compose(app: App, text: str) -> Composed:
             text, max_parts=settings.max_parts, limit=SMS_LIMIT, prefix=prefix, suffix=suffix
         )
     return Composed(parts=tuple(parts), truncated=truncated, replaced=replaced)
+
+
+def _without_signature_at_ends(text: str, signature: str) -> str:
+    """``text`` without ``signature`` at its start or end (a reply written with it)."""
+    if not signature:
+        return text
+    if text.startswith(signature):
+        text = text[len(signature) :].strip()
+    if text.endswith(signature):
+        text = text[: -len(signature)].strip()
+    return text
 
 
 def before_send(app: App, message: Message, reply: Reply) -> Reply | Veto:
@@ -156,14 +178,37 @@ def recipients(message: Message, reply: Reply) -> tuple[str, ...]:
     return tuple(n.strip() for n in reply.to or (message.src,) if n.strip())
 
 
+def reply_extension(gateway: GatewaySettings, dst: str) -> str:
+    """The extension a message was written to, to answer from it; "" for ``gateway.sender``.
+
+    With ``service_number`` set, a ``dst`` starting with it carries the extension after
+    it; otherwise a ``dst`` of at most 6 digits is the extension itself (some platforms
+    report only that). Anything else gives no extension.
+    """
+    dst = dst.strip()
+    service = gateway.service_number
+    if service and dst.startswith(service):
+        extension = dst[len(service) :]
+    elif len(dst) <= MAX_EXTENSION:
+        extension = dst
+    else:
+        extension = ""
+    return extension if extension.isdigit() else ""
+
+
 def outgoing(app: App, message: Message, reply: Reply, composed: Composed) -> list[OutgoingSms]:
     """One outbox row per SMS part and per request's worth of numbers (max_recipients).
 
-    A row is one gateway request, so a retry resends exactly what failed.
+    A row is one gateway request, so a retry resends exactly what failed. Each goes out
+    from the reply's sender, else from the extension the customer wrote to.
     """
     to = recipients(message, reply)
     size = app.settings.gateway.max_recipients
     count = len(composed.parts)
+    if reply.sender is not None:
+        sender = reply.sender
+    else:
+        sender = reply_extension(app.settings.gateway, message.dst)
     return [
         OutgoingSms(
             recipients=to[start : start + size],
@@ -171,6 +216,7 @@ def outgoing(app: App, message: Message, reply: Reply, composed: Composed) -> li
             part=index,
             parts=count,
             plugin=reply.plugin,
+            sender=sender,
         )
         for index, part in enumerate(composed.parts, start=1)
         for start in range(0, len(to), size)
@@ -182,7 +228,8 @@ def process(app: App, message: Message) -> Decision:
 
     A message whose processing began MAX_ATTEMPTS times without finishing (a plugin that
     hangs or kills the process on it, and the daemon was restarted each time) is set
-    aside, so the messages behind it are answered.
+    aside, so the messages behind it are answered. An attempt that a store failure ends
+    (a full disk, even inside a plugin) is taken back: only a plugin's failure counts.
     """
     bound = log.bind(message_id=message.id, src=message.src)
     attempt = app.store.begin_processing(message.id)
@@ -193,7 +240,8 @@ def process(app: App, message: Message) -> Decision:
         return Decision(message=message)
     try:
         decision = decide(app, message)
-    except (StoreError, sqlite3.Error):
+    except (StoreError, sqlite3.Error) as err:
+        _uncount_store_failure(app, message, err)
         raise  # the message stays unprocessed; the daemon stops on a store failure
     except Exception as err:  # a bug in the core must not stop the queue behind this message
         bound.exception("message_failed")
@@ -201,25 +249,43 @@ def process(app: App, message: Message) -> Decision:
             message.id, outgoing=[], reason=f"error: {type(err).__name__}", state=FAILED
         )
         return Decision(message=message)
-    app.plugins.hook.responder_observe(
-        app=app, message=message, reply=decision.reply, dropped=decision.dropped
-    )
     queued = []
-    if decision.final is not None and decision.composed is not None:
-        queued = outgoing(app, message, decision.final, decision.composed)
-        _warn_composition(bound, decision.composed)
-    app.store.finish_message(
-        message.id,
-        outgoing=queued,
-        reason=decision.reason,
-        plugin=decision.reply.plugin if decision.reply else "",
-    )
-    if queued:
+    try:
+        app.plugins.hook.responder_observe(
+            app=app, message=message, reply=decision.reply, dropped=decision.dropped
+        )
+        if decision.final is not None and decision.composed is not None:
+            queued = outgoing(app, message, decision.final, decision.composed)
+            _warn_composition(bound, decision.composed)
+        app.store.finish_message(
+            message.id,
+            outgoing=queued,
+            reason=decision.reason,
+            plugin=decision.reply.plugin if decision.reply else "",
+        )
+    except (StoreError, sqlite3.Error) as err:
+        _uncount_store_failure(app, message, err)
+        raise
+    if queued and decision.final is not None:
         bound.info("reply_queued", plugin=decision.final.plugin, parts=len(queued))
         app.on_queued()
     else:
         bound.info("message_unanswered", reason=decision.reason)
     return decision
+
+
+def _uncount_store_failure(app: App, message: Message, err: BaseException) -> None:
+    """Take back the attempt when the store failed, not a plugin (a malformed query in a
+    plugin is the plugin's failure and counts). Best effort: a store that cannot take even
+    this write keeps the count, and the daemon stops anyway."""
+    if not is_storage_failure(err):
+        return
+    try:
+        app.store.uncount_attempt(message.id)
+    except (StoreError, sqlite3.Error) as again:
+        log.warning(
+            "attempt_not_uncounted", message_id=message.id, error=f"{type(again).__name__}: {again}"
+        )
 
 
 def queue_late_reply(app: App, message: Message, reply: Reply) -> bool:

@@ -7,6 +7,10 @@ group, dotted module names (``[plugins] modules``) and drop-in ``.py`` files
 logged with the plugin's name and counts as returning None (pluggy would otherwise stop
 the remaining implementations), and so that ``RESPONDER_TRACE_HOOKS=1`` logs every call
 with its arguments and result.
+
+A plugin that fails to import is a problem of one line (the traceback is logged at debug
+level). A plugin found twice (an entry point and ``[plugins] modules``, say) is loaded
+once, and a plugin with no ``@hookimpl`` function does nothing: both are warnings.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import inspect
 import os
 import sqlite3
 import sys
+import traceback
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -56,6 +61,17 @@ class PluginInfo:
     origin: str
     """The module, distribution or file it came from."""
     hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoadWarning:
+    """Something about loading a plugin that works but is probably not what was meant."""
+
+    event: str
+    """The log event: "plugin_loaded_twice", "plugin_without_hooks", "plugin_hook_not_marked"."""
+    plugin: str
+    text: str
+    """The sentence ``responder check`` prints."""
 
 
 class HookCalls:
@@ -117,6 +133,48 @@ class PluginProxy:
         self.__dict__.update(hooks)
 
 
+def _unmarked_hooks(plugin: Any) -> list[str]:
+    """Functions named after a hook but not marked ``@hookimpl``: never called."""
+    names = []
+    for attr in dir(plugin):
+        if not attr.startswith(f"{PROJECT}_") or not hasattr(
+            getattr(hookspecs, attr, None), "responder_spec"
+        ):
+            continue
+        try:
+            function = getattr(plugin, attr)
+        except Exception:
+            continue
+        if inspect.isroutine(function) and getattr(function, f"{PROJECT}_impl", None) is None:
+            names.append(attr)
+    return names
+
+
+def _identity(plugin: Any) -> object:
+    """What makes two loaded plugins the same: a module's file, else the object itself."""
+    file = getattr(plugin, "__file__", None) if isinstance(plugin, types.ModuleType) else None
+    return Path(file).resolve() if file else id(plugin)
+
+
+_OWN_FILES: Final = str(Path(__file__).resolve().parent) + os.sep
+
+
+def _raised_at(err: BaseException) -> str:
+    """ " (at FILE line N)": the innermost line of the plugin's own code in the traceback."""
+    if isinstance(err, SyntaxError):  # its message names the file and line already
+        return ""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if not frame.filename.startswith(("<", _OWN_FILES)) and "importlib" not in frame.filename:
+            return f" (at {frame.filename} line {frame.lineno})"
+    return ""
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line: "ImportError: No module named 'x' (at FILE line N)"."""
+    message = " ".join(str(err).split())
+    return f"{type(err).__name__}{': ' + message if message else ''}{_raised_at(err)}"
+
+
 def _proxy(name: str, plugin: Any, calls: HookCalls) -> PluginProxy:
     attributes = {}
     for attr in dir(plugin):
@@ -150,6 +208,10 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
         self.problems: list[str] = []
+        self.warnings: list[LoadWarning] = []
+        """Shown by ``responder check`` and ``responder plugins``, logged by ``build_app``."""
+        self._loaded: dict[object, str] = {}
+        """Each registered plugin's identity, and how it was loaded."""
         trace = environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
         self.calls = HookCalls(trace=trace)
         allowed = environ.get(LOAD_PLUGINS_ENV)
@@ -165,17 +227,19 @@ class PluginHost:
                     f"(built-ins: {', '.join(BUILTINS)})"
                 )
             elif name not in disabled:
-                self._load(name, "built-in", BUILTINS[name], lambda m=BUILTINS[name]: _import(m))
+                self._load(
+                    name, "built-in", BUILTINS[name], functools.partial(_import, BUILTINS[name])
+                )
         for entry in importlib.metadata.entry_points(group=PROJECT):
             if entry.name not in disabled:
                 dist = entry.dist.name if entry.dist else entry.value
                 self._load(entry.name, "entry point", dist, entry.load)
         if include_configured and chosen is not None:
             for module in chosen.modules:
-                self._load(module, "module", module, lambda m=module: _import(m))
+                self._load(module, "module", module, functools.partial(_import, module))
             for path in chosen.paths:
                 for file in sorted(path.glob("*.py")) if path.is_dir() else [path]:
-                    self._load(file.stem, "path", str(file), lambda f=file: _import_file(f))
+                    self._load(file.stem, "path", str(file), functools.partial(_import_file, file))
         for name, plugin in extra:
             self._register(name, "test", name, plugin)
 
@@ -185,14 +249,31 @@ class PluginHost:
         try:
             plugin = loader()
         except Exception as err:
-            self.problems.append(f"plugin {name!r} ({source} {origin}) failed to load: {err!r}")
-            log.exception("plugin_load_failed", plugin=name, source=source, origin=origin)
+            self.problems.append(
+                f"plugin {name!r} ({source} {origin}) failed to load: {_one_line(err)}"
+            )
+            log.debug(
+                "plugin_load_failed", plugin=name, source=source, origin=origin, exc_info=True
+            )
             return
         self._register(name, source, origin, plugin)
 
+    def _warn(self, event: str, plugin: str, text: str) -> None:
+        self.warnings.append(LoadWarning(event=event, plugin=plugin, text=text))
+
     def _register(self, name: str, source: str, origin: str, plugin: Any) -> None:
+        described = f"plugin {name!r} ({source} {origin})"
+        first = self._loaded.get(_identity(plugin))
+        if first is not None:
+            self._warn(
+                "plugin_loaded_twice",
+                name,
+                f"{described} is {first}, loaded already: it is loaded once; "
+                "list it in one place only",
+            )
+            return
         if self.pm.has_plugin(name):
-            self.problems.append(f"plugin {name!r} ({source} {origin}): that name is taken")
+            self.problems.append(f"{described}: that name is taken")
             return
         proxy = _proxy(name, plugin, self.calls)
         try:
@@ -205,6 +286,23 @@ class PluginHost:
             return
         hooks = tuple(sorted(attr for attr in vars(proxy) if attr != "plugin"))
         self.infos.append(PluginInfo(name=name, source=source, origin=origin, hooks=hooks))
+        self._loaded[_identity(plugin)] = described
+        unmarked = _unmarked_hooks(plugin)
+        if not hooks:
+            hint = f" ({', '.join(unmarked)} lacks it)" if unmarked else ""
+            self._warn(
+                "plugin_without_hooks",
+                name,
+                f"{described} has no hook implementation, so it does nothing: mark each "
+                f"hook function with @responder.hookimpl{hint}",
+            )
+        elif unmarked:
+            self._warn(
+                "plugin_hook_not_marked",
+                name,
+                f"{described}: {', '.join(unmarked)} is not marked @responder.hookimpl, "
+                "so it is never called",
+            )
 
     @property
     def hook(self) -> Any:
@@ -249,10 +347,15 @@ class PluginHost:
             try:
                 configs[section.name] = section.parse(table)
             except Exception as err:
-                log.exception("plugin_config_failed", plugin=plugin_name, section=section.name)
+                log.debug(
+                    "plugin_config_failed",
+                    plugin=plugin_name,
+                    section=section.name,
+                    exc_info=True,
+                )
                 problems.append(
                     f"{settings.source}: [{section.name}]: the plugin {plugin_name!r} "
-                    f"failed to read it: {err!r}"
+                    f"failed to read it: {_one_line(err)}"
                 )
                 continue
             table.finish()

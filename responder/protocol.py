@@ -15,6 +15,8 @@ from responder.models import PLATFORM_TZ, InboundSms, SendResult
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 NOTHING_UNREAD = "没有未读取的短信"
+TOO_SOON = "读取过于频繁"
+"""A read that came too soon after the previous one: no message, and the call still counted."""
 TEXT_KEY = "msg"
 """The field that carries a customer's text, unescaped."""
 

@@ -1,9 +1,10 @@
-"""An embedded 企信通 gateway simulator: the contract's three endpoints over real HTTP.
+"""An embedded 企信通 gateway simulator: the contract's endpoints over real HTTP.
 
-It lets developers and tests run the responder without an account
-(see ../shared/gateway-protocol.md). Inbound messages are injected from Python or through a
-small JSON control API under ``/_sandbox/``; faults can be switched on to drive every
-failure path of a client.
+readsms, g70send and longsend, and getfee (the balance; see section 4 of
+../shared/gateway-protocol.md). It lets developers and tests run the responder without an
+account. Inbound messages are injected from Python or through a small JSON control API
+under ``/_sandbox/``; the account's credit can be set, and faults (error codes among them)
+can be switched on to drive every failure path of a client.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from responder.models import PLATFORM_TZ
 from responder.protocol import (
     NOTHING_UNREAD,
+    TOO_SOON,
     decode_form,
     format_body,
     format_platform_time,
@@ -42,18 +44,41 @@ FAULT_KINDS = (
     "drop_after_consume",
     "slow",
     "login",
+    "too_soon",
+    "errid",
 )
-FAULT_ENDPOINTS = ("read", "send", "any")
+FAULT_ENDPOINTS = ("read", "send", "balance", "any")
 DEFAULT_DELAYS = {"hang": 30.0, "slow": 1.0}
 
 LOGIN_FAILED = "用户名或密码错误"
-TOO_FAST = "两次读取间隔必须大于5秒"
+OUT_OF_CREDIT = "账号余额不足"
+DEFAULT_BALANCE = 100_000
+"""Credit a new sandbox starts with: one unit per SMS accepted (per number)."""
+ERRID_TEXTS = {
+    6002: "账号不正确",
+    6009: "黑名单号码",
+    6010: "密码不正确",
+    6011: "短信内容超长",
+    6012: "IP限制",
+    6013: OUT_OF_CREDIT,
+    6015: "短信内容含有非法字符",
+    6019: "账号已停机",
+    6021: "扩展号码未备案",
+    6023: "号码太多",
+    6024: "定时时间不正确",
+    6025: "扩展号码太长",
+}
+"""The ``err`` an "errid" fault answers with when given none (section 4 of the protocol note)."""
+TOO_FAST = TOO_SOON
+"""The answer to a read that comes before ``min_read_interval`` (or under the too_soon fault)."""
 _ENDPOINTS = {
     "/send/g70send.aspx": "g70send",
     "/send/longsend.aspx": "longsend",
     "/send/readsms.aspx": "readsms",
+    "/send/getfee.aspx": "getfee",
 }
 _MAX_CHARS = {"g70send": 70, "longsend": 500}
+_FAULT_ENDPOINT = {"readsms": "read", "getfee": "balance"}
 _MOBILE = re.compile(r"1\d{10}")
 _MAX_BODY = 1 << 20
 _HTML_ERROR = (
@@ -95,7 +120,9 @@ class SandboxStats:
     """g70send/longsend requests received, whatever their outcome."""
     pending_inbound: int
     requests: int
-    """Requests to the three gateway endpoints (the control API is not counted)."""
+    """Requests to the gateway endpoints (the control API is not counted)."""
+    balance_checks: int = 0
+    """getfee requests received (counted in ``requests`` too)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,8 @@ class _Fault:
     endpoint: str
     remaining: int | None
     delay: float
+    errid: int | None = None
+    err: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +166,7 @@ class Sandbox:
         service_code: str = "0888008",
         max_recipients: int = 100,
         first_id: int | None = None,
+        balance: int = DEFAULT_BALANCE,
     ) -> None:
         self.host = host
         self.name = name
@@ -145,6 +175,7 @@ class Sandbox:
         self.min_read_interval = min_read_interval
         self.service_code = service_code
         self.max_recipients = max_recipients
+        self.initial_balance = balance
         if first_id is None:
             first_id = int(time.time() * 1000) % 2_000_000_000 + 1
         self._next_id = first_id
@@ -160,7 +191,15 @@ class Sandbox:
         self._sent: list[SentSms] = []
         self._faults: list[_Fault] = []
         self._last_read: dict[str, float] = {}
-        self._counts = {"reads": 0, "too_fast_reads": 0, "sends": 0, "requests": 0}
+        self._counts = {
+            "reads": 0,
+            "too_fast_reads": 0,
+            "sends": 0,
+            "requests": 0,
+            "balance_checks": 0,
+        }
+        self._balance = self.initial_balance
+        self._balance_offered = True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -258,12 +297,21 @@ class Sandbox:
         endpoint: str = "any",
         count: int | None = None,
         delay: float | None = None,
+        errid: int | None = None,
+        err: str | None = None,
     ) -> None:
         """Make the next ``count`` matching requests (None: all, until cleared) misbehave.
 
-        Faults stack: each request takes the oldest fault that matches its endpoint.
-        ``delay`` is for "hang" (default 30 s) and "slow" (default 1 s).
+        Faults stack: each request takes the oldest fault that matches its endpoint
+        ("read", "send", "balance" for getfee, or "any").
+        ``delay`` is for "hang" (default 30 s) and "slow" (default 1 s). "too_soon" makes a
+        read answer ``读取过于频繁`` (as a read before ``min_read_interval`` does). "errid"
+        answers with ``errid`` and ``err`` (by default the code's text in ERRID_TEXTS; with
+        no errid, ``err`` alone, as vendors that send no code do): 6010 refuses the login,
+        6013 says out of credit, 6009 refuses the number, and so on.
         """
+        if kind == "errid" and errid is None and not err:
+            raise ValueError('an "errid" fault needs an errid, an err text or both')
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         if endpoint not in FAULT_ENDPOINTS:
@@ -271,15 +319,33 @@ class Sandbox:
         if count is not None and count < 1:
             raise ValueError("count must be at least 1, or None")
         delay = DEFAULT_DELAYS.get(kind, 0.0) if delay is None else float(delay)
+        text = err if err is not None else ERRID_TEXTS.get(errid or 0, "失败")
         with self._lock:
-            self._faults.append(_Fault(kind, endpoint, count, delay))
+            self._faults.append(_Fault(kind, endpoint, count, delay, errid, text))
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
 
+    @property
+    def balance(self) -> int:
+        """The account's credit: one unit per SMS accepted (per number); at 0 sends are
+        refused ``errid=6013&err=账号余额不足``."""
+        with self._lock:
+            return self._balance
+
+    def set_balance(self, balance: int | None = None, *, offered: bool | None = None) -> None:
+        """Top up (or drain) the credit; ``offered=False`` makes getfee.aspx answer 404, as
+        on a provider without a balance endpoint."""
+        with self._lock:
+            if balance is not None:
+                self._balance = int(balance)
+            if offered is not None:
+                self._balance_offered = bool(offered)
+
     def reset(self) -> None:
-        """Forget messages, sends, faults, counters and read times (ids keep counting)."""
+        """Forget messages, sends, faults, counters and read times, and restore the balance
+        (ids keep counting)."""
         with self._lock:
             self._reset_state()
 
@@ -291,7 +357,7 @@ class Sandbox:
 
     def _arrive(self, endpoint: str, account: str) -> tuple[_Fault | None, bool]:
         """Count a gateway request and take its fault; returns (fault, too fast)."""
-        kind = "read" if endpoint == "readsms" else "send"
+        kind = _FAULT_ENDPOINT.get(endpoint, "send")
         too_fast = False
         with self._lock:
             self._counts["requests"] += 1
@@ -302,6 +368,8 @@ class Sandbox:
                 self._last_read[account] = now
                 too_fast = last is not None and now - last < self.min_read_interval
                 self._counts["too_fast_reads"] += int(too_fast)
+            elif kind == "balance":
+                self._counts["balance_checks"] += 1
             else:
                 self._counts["sends"] += 1
             for index, fault in enumerate(self._faults):
@@ -318,6 +386,8 @@ class Sandbox:
         params = decode_form(form, self.encoding)
         raw_msg = decode_form(form, "latin-1").get("msg", "").encode("latin-1")
         fault, too_fast = self._arrive(endpoint, params.get("name", ""))
+        if endpoint == "getfee" and not self._balance_offered:
+            return _Answer(404, b"Not Found", "text/plain")
         kind = fault.kind if fault else None
         if fault and kind in ("hang", "slow"):
             self._stopping.wait(fault.delay)
@@ -333,8 +403,13 @@ class Sandbox:
             return _Answer(200, _GARBLED, self._plain)
         if kind == "login" or params.get("name") != self.name or params.get("pwd") != self.password:
             fields = _login_failed(endpoint, params.get("dst", ""))
+        elif fault is not None and kind == "errid":
+            fields = _error_answer(endpoint, params.get("dst", ""), fault.err, fault.errid)
+        elif endpoint == "getfee":
+            with self._lock:
+                fields = {"id": self._balance, "err": "查询成功", "errid": 0}
         elif endpoint == "readsms":
-            fields = self._read(too_fast)
+            fields = self._read(too_fast or kind == "too_soon")
         else:
             fields = self._send(endpoint, method, params, raw_msg)
         if kind == "drop_after_consume":
@@ -368,9 +443,9 @@ class Sandbox:
         text = params.get("msg", "")
         numbers = split_numbers(dst)
         if len(numbers) > self.max_recipients:
-            return _send_failed(dst, "号码数量超过限制", -2)
+            return _send_failed(dst, "号码数量超过限制", 6023)
         if len(text) > _MAX_CHARS[endpoint]:
-            return _send_failed(dst, "短信内容超长", -3)
+            return _send_failed(dst, "短信内容超长", 6011)
         if not text:
             return _send_failed(dst, "短信内容不能为空", -5)
         accepted = tuple(number for number in numbers if _MOBILE.fullmatch(number))
@@ -378,6 +453,9 @@ class Sandbox:
         if not accepted:
             return _send_failed(refused, "发送失败", -4)
         with self._lock:
+            if self._balance < len(accepted):
+                return _send_failed(dst, OUT_OF_CREDIT, 6013)
+            self._balance -= len(accepted)
             self._sent.append(
                 SentSms(
                     id=self._take_id(),
@@ -420,8 +498,16 @@ class Sandbox:
                     endpoint=str(data.get("endpoint", "any")),
                     count=None if data.get("count") is None else int(data["count"]),
                     delay=None if data.get("delay") is None else float(data["delay"]),
+                    errid=None if data.get("errid") is None else int(data["errid"]),
+                    err=None if data.get("err") is None else str(data["err"]),
                 )
                 return 200, {"ok": True}
+            if route == ("POST", "balance"):
+                self._balance_json(data)
+                route = ("GET", "balance")
+            if route == ("GET", "balance"):
+                with self._lock:
+                    return 200, {"balance": self._balance, "offered": self._balance_offered}
             if route == ("DELETE", "fault"):
                 self.clear_faults()
                 return 200, {"ok": True}
@@ -431,6 +517,14 @@ class Sandbox:
         except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
             return 400, {"error": str(exc)}
         return 404, {"error": f"no such control call: {method} /_sandbox/{action}"}
+
+    def _balance_json(self, data: Mapping[str, Any]) -> None:
+        balance, offered = data.get("balance"), data.get("offered")
+        if balance is not None and (isinstance(balance, bool) or not isinstance(balance, int)):
+            raise ValueError('"balance" must be an integer')
+        if offered is not None and not isinstance(offered, bool):
+            raise ValueError('"offered" must be true or false')
+        self.set_balance(balance, offered=offered)
 
     def _inject_json(self, data: Mapping[str, Any]) -> int:
         src, text = data.get("src"), data.get("text")
@@ -446,12 +540,23 @@ class Sandbox:
 
 
 def _login_failed(endpoint: str, dst: str) -> dict[str, Any]:
-    if endpoint == "readsms":
+    if endpoint in ("readsms", "getfee"):
         return {"id": -1, "err": LOGIN_FAILED}
     return _send_failed(dst, LOGIN_FAILED, -1)
 
 
-def _send_failed(faile: str, err: str, errid: int) -> dict[str, Any]:
+def _error_answer(endpoint: str, dst: str, err: str, errid: int | None) -> dict[str, Any]:
+    """An "errid" fault's answer; without a code, the ``errid`` field is left out."""
+    if endpoint in ("readsms", "getfee"):
+        fields: dict[str, Any] = {"id": -1, "err": err, "errid": errid}
+    else:
+        fields = _send_failed(dst, err, errid)
+    if errid is None:
+        del fields["errid"]
+    return fields
+
+
+def _send_failed(faile: str, err: str, errid: int | None) -> dict[str, Any]:
     return {"num": 0, "success": "", "faile": faile, "err": err, "errid": errid}
 
 

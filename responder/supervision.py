@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Final
 import structlog
 from apscheduler.triggers.interval import IntervalTrigger
 
+from responder.account import AccountStatus
+from responder.config import GatewaySettings
+from responder.gateway import AccountState
 from responder.logs import redactor
 from responder.notify import watchdog_seconds
 from responder.store import PENDING, SENDING, Store
@@ -35,14 +38,17 @@ DEFAULT_STALL: Final = 120.0
 """A step's budget beyond its own work when systemd set no watchdog (for STATUS only)."""
 SEND_BATCH: Final = 20
 """Rows one send step may attempt (``sender.send_due``'s limit)."""
-READ_RESULTS: Final = ("message", "empty", "error")
+READ_RESULTS: Final = ("message", "empty", "error", "too_soon")
+FAILED_READS: Final = ("error", "too_soon")
+"""Results that count as a failed read in STATUS (a too-soon read brought nothing)."""
 WATCHED: Final = ("read", "process", "send")
 
 log = structlog.get_logger("responder.supervision")
 
 
 class ReadCounter:
-    """Reads since the process started, by result: "message", "empty" or "error"."""
+    """Reads since the process started, by result: "message", "empty", "error" or
+    "too_soon" (refused by the platform as too frequent: 读取过于频繁)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -140,7 +146,7 @@ class Supervisor:
         """Count a read's result; the first one makes the daemon ready."""
         self.reads.add(result)
         app = self.daemon.app
-        if result == "error":
+        if result in FAILED_READS:
             self.read_errors += 1
             self.last_error = _one_line(reason)
         else:
@@ -155,11 +161,20 @@ class Supervisor:
                     app.store.set_last_read_ok_at(self.last_read_ok)
         if not self.ready:
             self.ready = True
-            if result == "error":
+            if result in FAILED_READS:
                 status = f"ready, but the first read failed: {self.last_error}"
             else:
                 status = self.status_line()
             self.daemon.notify(f"READY=1\nSTATUS={status}")
+
+    def account_changed(self, status: AccountStatus) -> None:
+        """The account's state changed: say so in STATUS= at once. A refused account may
+        not read for a long while, so its refusal also makes the daemon ready."""
+        if not self.ready:
+            self.ready = True
+            self.daemon.notify(f"READY=1\nSTATUS={self.status_line()}")
+        else:
+            self.send_status()
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -228,12 +243,16 @@ class Supervisor:
         if app is None:
             return "starting"
         parts = []
-        if self.daemon.login_failed:
-            parts.append("LOGIN REFUSED: fix the account, then reload")
+        account = self.daemon.account.status if self.daemon.account is not None else None
+        problem = account_problem(account, app.settings.gateway) if account else ""
+        if problem:
+            parts.append(problem)
         elif self.read_errors:
             parts.append(f"reads failing ({self.read_errors} in a row: {self.last_error})")
         if self._withheld is not None:
             parts.append(f"wedged: {self._withheld}")
+        if self.daemon.read_hold:
+            parts.append(f"READS HELD: {self.daemon.read_hold}")
         last = self.last_read_ok
         parts.append(
             "no successful read yet" if last is None else f"last read {app.time() - last:.0f} s ago"
@@ -241,6 +260,8 @@ class Supervisor:
         today, depth = today_and_depth(app.store, app.now())
         parts.append(f"{today} message{'' if today == 1 else 's'} today")
         parts.append(f"outbox {depth}")
+        if account is not None and account.balance is not None:
+            parts.append(f"balance {account.balance:g}{' (LOW)' if account.low_balance else ''}")
         return "; ".join(parts)
 
 
@@ -250,6 +271,25 @@ def today_and_depth(store: Store, now: datetime) -> tuple[int, int]:
     today = store.query("SELECT COUNT(*) FROM messages WHERE journaled_at >= ?", (midnight,))
     depth = store.query("SELECT COUNT(*) FROM outbox WHERE state IN (?, ?)", (PENDING, SENDING))
     return today[0][0], depth[0][0]
+
+
+def account_problem(status: AccountStatus, settings: GatewaySettings) -> str:
+    """What the account's state means for the daemon, for STATUS=; "" when it is ok."""
+    reason = f" ({_one_line(status.reason)})" if status.reason else ""
+    if status.state is AccountState.OUT_OF_CREDIT:
+        check = (
+            f"balance checked every {settings.balance_check:g} s"
+            if status.balance_offered
+            else f"one send tried every {settings.balance_check:g} s"
+        )
+        return f"OUT OF CREDIT{reason}: replies held, reading goes on; {check}"
+    if status.state in (AccountState.LOGIN_REFUSED, AccountState.SUSPENDED):
+        what = "LOGIN REFUSED" if status.state is AccountState.LOGIN_REFUSED else "SUSPENDED"
+        return (
+            f"{what}{reason}: reading and sending stopped; retried every "
+            f"{settings.login_retry:g} s, or fix the account, then reload"
+        )
+    return ""
 
 
 def _one_line(text: str) -> str:

@@ -79,6 +79,7 @@ def make_settings(
             "name": name,
             "password": password,
             "poll_interval": 0.05,
+            "simulator": True,
             "timeout": 2,
         },
         "store": {"path": str(store_path)},

@@ -37,11 +37,29 @@ def config_dict(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) ->
             "name": "acct",
             "password": PASSWORD,
             "poll_interval": 0.1,
+            "simulator": True,
             "timeout": 2,
         },
         "store": {"path": str(tmp_path / "responder.db")},
         "log": {"format": "json", "level": "info"},
         "replies": {"retry_initial": 0.1, "retry_max": 0.5},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return data
+
+
+def offline_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A valid configuration whose gateway is never called (check, plugins, simulate)."""
+    data: dict[str, Any] = {
+        "gateway": {
+            "base_urls": ["http://127.0.0.1:9"],
+            "name": "acct",
+            "password": "pw",
+            "simulator": True,
+            "poll_interval": 0.1,
+        },
+        "store": {"path": str(tmp_path / "responder.db")},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

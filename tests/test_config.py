@@ -136,9 +136,35 @@ def test_an_unreadable_password_file_is_named(tmp_path):
     assert problem.startswith("config.toml: gateway.password_file: cannot read")
 
 
-def test_a_fast_poll_interval_is_allowed_only_for_a_local_simulator():
-    local = with_gateway(base_urls=["http://127.0.0.1:8800"], poll_interval=0)
-    assert settings_from_dict(local, environ={}).gateway.poll_interval == 0
+@pytest.mark.parametrize(
+    "base_urls",
+    [["http://127.0.0.1:8800"], ["http://localhost:8800"], ["http://[::1]:8800"]],
+    ids=["ipv4", "localhost", "ipv6"],
+)
+def test_a_fast_poll_interval_on_loopback_without_the_simulator_flag_is_refused(base_urls):
+    """A local tunnel to a real gateway is on loopback too: the address alone proves nothing."""
+    [problem] = problems_of(with_gateway(base_urls=base_urls, poll_interval=1))
+    assert problem.startswith("config.toml: gateway.poll_interval: must be at least 5 seconds")
+    assert "gateway.simulator = true" in problem
+
+
+def test_a_fast_poll_interval_is_allowed_for_the_simulator():
+    local = with_gateway(base_urls=["http://127.0.0.1:8800"], poll_interval=0, simulator=True)
+    gateway = settings_from_dict(local, environ={}).gateway
+    assert (gateway.poll_interval, gateway.simulator) == (0, True)
+
+
+def test_the_simulator_flag_is_off_by_default():
+    assert settings_from_dict(GOOD, environ={}).gateway.simulator is False
+
+
+def test_the_simulator_flag_with_a_remote_address_is_refused_without_echoing_it():
+    data = with_gateway(
+        base_urls=["http://127.0.0.1:8800", "http://sms.example.com:8080"], simulator=True
+    )
+    [problem] = problems_of(data)
+    assert problem.startswith("config.toml: gateway.simulator: is only for the built-in simulator")
+    assert "sms.example.com" not in problem
 
 
 def test_the_password_is_not_in_the_settings_repr():

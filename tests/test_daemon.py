@@ -7,6 +7,8 @@ import sqlite3
 
 import pytest
 
+from responder.config import settings_from_dict
+from responder.daemon import STOP_TIMEOUT, read_stop_wait
 from responder.sandbox import Sandbox
 from tests.conftest import PASSWORD, config_dict, wait_for, write_config
 
@@ -54,6 +56,37 @@ def test_sigterm_during_a_hung_send_still_exits_within_ten_seconds(
     wait_for(lambda: sandbox.stats().sends >= 1)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=10) == 0
+
+
+def test_sigterm_during_a_slow_read_journals_its_message_then_exits_0(sandbox, tmp_path, daemons):
+    """The read outlasts the old fixed stop wait (STOP_TIMEOUT) but not gateway.timeout:
+    the platform hands the message out when it answers, so the stop must wait for it."""
+    slow = STOP_TIMEOUT + 1.5
+    data = config_dict(sandbox, tmp_path, keywords=RULES, gateway={"timeout": slow + 3})
+    config = write_config(tmp_path / "config.toml", data)
+    sandbox.inject("13800138000", "CX")
+    sandbox.set_fault("slow", endpoint="read", count=1, delay=slow)
+    daemon = daemons(config, tmp_path / "daemon.log")
+    wait_for(lambda: sandbox.stats().reads >= 1)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=read_stop_wait(settings_from_dict(data).gateway) + 5) == 0
+    assert message_states(tmp_path / "responder.db") == {"received": 1}
+    assert sandbox.pending() == 0
+    assert "stop_waits_for_read" in daemon.log()
+    assert "stopped_with_work_in_flight" not in daemon.log()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "addresses", "wait"),
+    [(10, 1, 5 + 10 + 5), (10, 3, 3 * 5 + 10 + 5), (2, 2, 2 * 2 + 2 + 5), (120, 1, 130)],
+)
+def test_a_stop_waits_for_a_read_over_every_address_plus_a_margin(timeout, addresses, wait):
+    """A read moves to the next address only when it could not connect (at most 5 s, or
+    the timeout if shorter); the last address may take the whole timeout."""
+    urls = [f"http://127.0.0.{n + 1}:8800" for n in range(addresses)]
+    gateway = {"base_urls": urls, "name": "acct", "password": "pw", "timeout": timeout}
+    settings = settings_from_dict({"gateway": gateway}, environ={})
+    assert read_stop_wait(settings.gateway) == wait
 
 
 def test_kill9_during_a_hung_send_then_restart_sends_exactly_once(
@@ -144,6 +177,39 @@ def test_gateway_errors_back_off_and_recover(sandbox, config, tmp_path, daemons)
     assert daemon.log().count('"read_failed"') == 2
     daemon.signal(signal.SIGTERM)
     daemon.wait()
+
+
+class TooSoonRecorder(Sandbox):
+    """A simulator that records, read by read, whether it refused the read as too soon."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.refused: list[bool] = []
+
+    def _read(self, too_fast: bool) -> dict:
+        self.refused.append(too_fast)
+        return super()._read(too_fast)
+
+
+def test_a_read_refused_as_too_frequent_backs_off_a_further_interval(tmp_path, daemons):
+    """The platform counts reads arrival to arrival, the daemon end to start: with the
+    platform's interval at 1.5 × poll_interval it refuses reads (读取过于频繁). Taken for
+    "nothing unread", every read is refused and the message never comes; backing off one
+    more interval, the read after each refusal gets through."""
+    poll = 0.5
+    with TooSoonRecorder(name="acct", password=PASSWORD, min_read_interval=poll * 1.5) as gateway:
+        data = config_dict(gateway, tmp_path, keywords=RULES)
+        data["gateway"]["poll_interval"] = poll
+        daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
+        wait_for(lambda: True in gateway.refused)
+        gateway.inject("13800138000", "CX")
+        wait_for(lambda: message_states(tmp_path / "responder.db"))
+        wait_for(lambda: len(gateway.refused) >= 8)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    pairs = list(zip(gateway.refused, gateway.refused[1:], strict=False))
+    assert (True, True) not in pairs, gateway.refused
+    assert daemon.log().count('"read_too_soon"') == gateway.refused.count(True)
 
 
 def test_an_unwritable_store_is_one_clear_fatal_error(sandbox, tmp_path, daemons):

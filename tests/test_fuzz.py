@@ -120,6 +120,7 @@ def raw_gateway() -> Any:
                 "name": "acct",
                 "password": PASSWORD,
                 "poll_interval": 0,
+                "simulator": True,
             },
             "store": {"path": "unused.db"},
         }
@@ -154,6 +155,7 @@ CORE_KEYS = {
         "encoding",
         "method",
         "poll_interval",
+        "simulator",
         "timeout",
         "max_recipients",
         "long_sms",

@@ -16,6 +16,7 @@ from responder.gateway import (
     LoginError,
     OutcomeUnknown,
     ReadGate,
+    ReadTooSoon,
     TransientError,
 )
 from responder.logs import configure_logging
@@ -123,6 +124,33 @@ def test_a_faulty_read_answer_is_transient(sandbox, tmp_path, kind):
     with client_for(sandbox, tmp_path) as client, pytest.raises(TransientError) as caught:
         client.read_one()
     assert PASSWORD not in str(caught.value)
+
+
+def test_a_read_refused_as_too_frequent_is_read_too_soon_not_nothing_unread(sandbox, tmp_path):
+    sandbox.inject("13800138000", "一")
+    sandbox.set_fault("too_soon", endpoint="read", count=1)
+    with client_for(sandbox, tmp_path) as client:
+        with pytest.raises(ReadTooSoon, match="读取过于频繁"):
+            client.read_one()
+        assert sandbox.pending() == 1
+        assert client.read_one().text == "一"
+
+
+@pytest.mark.parametrize(
+    "err", ["读取过于频繁", "请求过于频繁，请稍后再试", "两次读取间隔必须大于5秒"], ids=str
+)
+def test_each_wording_of_a_too_frequent_read_is_read_too_soon(err, tmp_path):
+    class Wording(Sandbox):
+        def _read(self, too_fast):
+            return {"id": 0, "err": err} if too_fast else super()._read(too_fast)
+
+    with (
+        Wording(name="acct", password=PASSWORD, min_read_interval=60) as sandbox,
+        client_for(sandbox, tmp_path) as client,
+    ):
+        assert client.read_one() is None
+        with pytest.raises(ReadTooSoon):
+            client.read_one()
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbled", "drop_after_consume"])

@@ -11,6 +11,7 @@ from responder import hookimpl
 from responder.config import ConfigError, Table
 from responder.models import InboundSms, Message, Reply
 from responder.pipeline import decide, process
+from responder.sender import send_due
 from tests.conftest import config_dict
 
 RULES = {"rules": [{"keywords": ["CX"], "reply": "已受理 {args}"}]}
@@ -74,7 +75,8 @@ def test_a_dropped_message_is_stored_with_its_reason(sandbox, tmp_path, make_app
 
 
 def test_replies_to_a_sender_are_limited_per_window(sandbox, tmp_path, make_app, clock):
-    data = config_dict(sandbox, tmp_path, keywords=RULES, guard={"pingpong_repeats": 0})
+    section = {"max_replies": 5, "pingpong_repeats": 0}
+    data = config_dict(sandbox, tmp_path, keywords=RULES, guard=section)
     app = make_app(data, clock=clock)
     for number in range(5):
         assert answered(app, f"CX {number}")
@@ -121,6 +123,73 @@ def test_a_repeat_outside_the_window_is_answered(sandbox, tmp_path, make_app, cl
     assert answered(app, "CX 1")
     clock.advance(301)
     assert answered(app, "CX 1")
+
+
+MENU = {
+    "rules": [
+        {
+            "name": "menu",
+            "keywords": ["菜单", "0"],
+            "match": "exact",
+            "reply": "1 查询 2 退换 3 人工",
+        },
+        {"name": "1", "keywords": ["1"], "match": "exact", "reply": "请回复 CX 单号"},
+        {"name": "2", "keywords": ["2"], "match": "exact", "reply": "退换货请致电 400"},
+        {"name": "3", "keywords": ["3"], "match": "exact", "reply": "已为您转人工客服"},
+        {"name": "cx", "keywords": ["CX"], "reply": "订单 {args} 配送中"},
+    ]
+}
+A_MENU_CONVERSATION = (
+    "菜单",
+    "1",
+    "CX 20261101001",
+    "0",
+    "2",
+    "0",
+    "1",
+    "CX 20261101002",
+    "0",
+    "3",
+)
+
+
+def test_the_defaults_let_a_ten_step_menu_conversation_through(sandbox, tmp_path, make_app, clock):
+    app = make_app(config_dict(sandbox, tmp_path, keywords=MENU), clock=clock)
+    for text in A_MENU_CONVERSATION:
+        clock.advance(20)
+        decision = process(app, journal(app, text))
+        assert decision.composed, f"{text!r} was not answered: {decision.reason}"
+
+
+AUTO_REPLY = "您好，我正在开车，稍后给您回电。"
+
+
+@pytest.mark.parametrize(
+    ("robot_texts", "most_sent", "reason"),
+    [
+        (itertools.repeat(AUTO_REPLY), 2, "guard: ping-pong"),
+        ((f"[自动回复 {n}] {AUTO_REPLY}" for n in itertools.count()), 20, "guard: rate limit"),
+    ],
+    ids=["the same text", "a changing text"],
+)
+def test_the_defaults_cut_a_loop_with_another_auto_responder(
+    robot_texts, most_sent, reason, sandbox, tmp_path, make_app, clock
+):
+    """Another auto-responder answers every SMS it gets, and ours answers everything."""
+    keywords = {"fallback": "您好！回复“菜单”查看服务。", "fallback_interval": 0}
+    app = make_app(config_dict(sandbox, tmp_path, keywords=keywords), clock=clock)
+    app.plugins.hook.responder_startup(app=app)
+    robot, sent = "13900139000", 0
+    for text in robot_texts:  # the first is its answer to some earlier SMS
+        clock.advance(5)
+        decision = process(app, journal(app, text, src=robot))
+        send_due(app)
+        now_sent = len([sms for sms in sandbox.sent() if robot in sms.numbers])
+        if now_sent == sent:
+            break  # ours stayed silent: the robot has nothing left to answer
+        sent = now_sent
+        assert sent <= most_sent, "the loop was not cut"
+    assert (sent, decision.vetoed) == (most_sent, reason)
 
 
 class Relay:

@@ -326,6 +326,30 @@ def test_hook_responder_status_sections_are_collected_from_every_plugin(responde
     assert StatusSection(title="tally", figures=(("messages", 1),)) in sections
 
 
+# -- responder_check ----------------------------------------------------------------------
+
+
+class Checker:
+    @hookimpl
+    def responder_check(self, app):
+        return [f"{app.settings.source}: checker.text: looks odd"]
+
+
+class QuietChecker:
+    @hookimpl
+    def responder_check(self):
+        return None
+
+
+@pytest.mark.parametrize(
+    "responder_plugins", [[("checker", Checker()), ("quiet", QuietChecker())]], indirect=True
+)
+def test_hook_responder_check_collects_the_warnings_of_every_plugin(responder_app):
+    from responder.checks import plugin_warnings
+
+    assert plugin_warnings(responder_app.app) == ["<responder_config>: checker.text: looks odd"]
+
+
 # -- every hook has a test --------------------------------------------------------------
 
 

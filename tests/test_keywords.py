@@ -97,7 +97,7 @@ RULES = {
         ("CX 1", "088800801", "vip", "1"),
         ("CX 1", "01", "vip", "1"),
         ("CX 1", "088800802", "query", "1"),
-        ("Refund now, please!", "0888008", "boss", "please"),
+        ("Refund now, please!", "0888008", "boss", "please!"),
         ("order status 9", "0888008", "spaced", "9"),
         ("ORDER STATUS!", "0888008", "spaced", ""),
         ("order statusx", "0888008", None, None),
@@ -113,6 +113,47 @@ def test_matching(text, dst, rule, args):
     else:
         assert outcome.match is not None
         assert (outcome.match.rule.name, outcome.match.args) == (rule, args)
+
+
+ARGS_RULES = {
+    "rules": [
+        {"name": "query", "keywords": ["CX"], "reply": "[{args}]"},
+        {"name": "refund", "keywords": ["退款"], "match": "contains", "reply": "[{args}]"},
+        {"name": "note", "keywords": ["留言"], "match": "prefix", "reply": "[{args}]"},
+        {"name": "re", "keywords": [r"^DH\s*\d+"], "match": "regex", "reply": "[{args}]"},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "args"),
+    [
+        ("CX #123", "#123"),
+        ("CX (A1)", "(A1)"),
+        ("CX 12345!", "12345!"),
+        ("CX 123...", "123..."),
+        ("CX 你好！", "你好!"),
+        ("CX “A1”。", "“A1”。"),
+        ("CX 《快递》？", "《快递》?"),
+        ("CX，“A1”", "“A1”"),
+        ("CX：12345", "12345"),
+        ("CX, 12345", "12345"),
+        ("CX ,,, #1", "#1"),
+        ("CX#1", "#1"),
+        ("CX   a   b  ", "a b"),
+        ("ＣＸ　ＡＢ１２！", "AB12!"),
+        ("CX!", ""),
+        ("CX。", ""),
+        ("CX ？！", ""),
+        ("我要退款，谢谢！", "谢谢!"),
+        ("留言：【急】明天送到？", "【急】明天送到?"),
+        ("DH 123 (加急)!", "(加急)!"),
+    ],
+)
+def test_args_keep_their_own_punctuation(text, args):
+    outcome = compiled(ARGS_RULES).matcher.match(text, "0888008", at(12))
+    assert outcome.match is not None
+    assert outcome.match.args == args
 
 
 def test_regex_named_groups_fill_the_reply(sandbox, tmp_path, make_app):

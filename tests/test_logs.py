@@ -81,3 +81,66 @@ def test_httpx_request_lines_are_not_logged_even_at_debug(captured):
     configure_logging(format="json", level="debug", stream=stream)
     logging.getLogger("httpx").info("HTTP Request: GET http://x/?pwd=1")
     assert stream.getvalue() == ""
+
+
+# Secrets that JSON or repr() escape: the redactor must catch them before the renderer does.
+AWKWARD_SECRETS = {
+    "double quote": 'q7zx"k3v',
+    "backslash": "q7zx\\k3v",
+    "newline": "q7zx\nk3v",
+    "ampersand": "q7zx&k3v",
+    "non-ascii": "q7zx密码k3v",
+    "all of them": 'q7zx"\\\n&密码k3v',
+}
+
+
+class Token:
+    """An object whose repr carries a secret (as a client object might)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"Token({self.secret!r})"
+
+
+def log_everywhere(secret: str) -> None:
+    """The secret as a string value, inside nested values, in an object's repr, in an
+    exception's message, and through a stdlib logger."""
+    logger = structlog.get_logger("responder.test")
+    logger.error("in_values", text=f"pw={secret}", nested={"pw": [secret]}, token=Token(secret))
+    try:
+        raise RuntimeError(f"login refused for {secret}")
+    except RuntimeError as err:
+        logger.exception("in_exception", error=err)
+    logging.getLogger("other").error("stdlib %s", secret)
+
+
+@pytest.fixture
+def rendered():
+    def render(format: str, secret: str) -> str:
+        stream = io.StringIO()
+        configure_logging(format=format, level="info", stream=stream, secrets=[secret])
+        log_everywhere(secret)
+        return stream.getvalue()
+
+    yield render
+    configure_logging(format="console", level="warning")
+
+
+@pytest.mark.parametrize("format", ["json", "console"])
+@pytest.mark.parametrize("secret", AWKWARD_SECRETS.values(), ids=AWKWARD_SECRETS.keys())
+def test_a_secret_the_renderer_escapes_is_still_redacted(rendered, format, secret):
+    output = rendered(format, secret)
+
+    assert "q7zx" not in output and "k3v" not in output, output
+    assert "login refused for" in output and "RuntimeError" in output
+    assert output.count(REDACTED) >= 5
+
+
+@pytest.mark.parametrize("secret", AWKWARD_SECRETS.values(), ids=AWKWARD_SECRETS.keys())
+def test_json_lines_stay_valid_json_after_redaction(rendered, secret):
+    records = [json.loads(line) for line in rendered("json", secret).splitlines()]
+
+    assert [r["event"] for r in records] == ["in_values", "in_exception", f"stdlib {REDACTED}"]
+    assert records[0]["nested"] == {"pw": [REDACTED]}

@@ -99,6 +99,15 @@ def test_read_errors_are_counted(responder_daemon, port):
     )
 
 
+def test_reads_refused_as_too_frequent_are_counted_apart_from_errors(responder_daemon, port):
+    responder_daemon.sandbox.set_fault("too_soon", endpoint="read", count=1)
+    responder_daemon.wait_until(
+        lambda: scrape(port)[("responder_reads_total", (("result", "too_soon"),))] == 1,
+        what="a counted too-soon read",
+    )
+    assert scrape(port)[("responder_reads_total", (("result", "error"),))] == 0
+
+
 def test_dead_letters_and_refusals_show_with_their_errid(responder_daemon, port):
     responder_daemon.inject("DEAD")
     responder_daemon.wait_idle()
@@ -108,6 +117,23 @@ def test_dead_letters_and_refusals_show_with_their_errid(responder_daemon, port)
     assert series[("responder_dead_letters", ())] == 1
     dead = [labels for (name, labels), v in series.items() if name == "responder_sends" and v]
     assert dead and dict(dead[0])["result"] == "dead" and dict(dead[0])["errid"] not in ("", "0")
+
+
+def test_the_account_state_and_balance_are_gauges(responder_daemon, port):
+    responder_daemon.sandbox.set_balance(0)
+    responder_daemon.inject("CX")
+    responder_daemon.wait_until(lambda: responder_daemon.daemon.account.state == "out_of_credit")
+
+    series = scrape(port)
+
+    states = {
+        dict(labels)["state"]: value
+        for (name, labels), value in series.items()
+        if name == "responder_account_state"
+    }
+    assert states == {"ok": 0, "login_refused": 0, "out_of_credit": 1, "suspended": 0}
+    assert ("responder_balance", ()) in series  # checked before the first send
+    assert series[("responder_low_balance", ())] == 0
 
 
 def test_figures_come_from_the_store_so_they_survive_a_restart(responder_daemon):

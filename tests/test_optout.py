@@ -51,39 +51,76 @@ def app(sandbox, tmp_path, start_app, clock):
     return start_app(config_dict(sandbox, tmp_path, keywords=RULES), clock=clock)
 
 
+LONG = "你好，我想问一下我上周寄的快递到哪里了，顺便说一下我已经退订了你们的广告"
+
+
 @pytest.mark.parametrize(
-    "text",
+    ("text", "expected"),
     [
-        "TD",
-        "td",
-        "ＴＤ",
-        "T",
-        "n",
-        "R",
-        "退订",
-        " 退订 ",
-        "退订。",
-        "退订，谢谢",
-        "取消",
-        "拒收",
-        "STOP",
-        "Stop. Thank you",
-        "stop!",
-        "unsubscribe",
-        "TD 谢谢",
+        # Latin words: the whole message, or its first word before a space or punctuation
+        ("TD", "td"),
+        ("td", "td"),
+        ("ＴＤ", "td"),
+        ("T", "t"),
+        ("n", "n"),
+        ("R", "r"),
+        ("STOP", "stop"),
+        ("Stop. Thank you", "stop"),
+        ("stop!", "stop"),
+        ("unsubscribe", "unsubscribe"),
+        ("TD 谢谢", "td"),
+        ("TDXX", None),
+        ("TD123", None),
+        ("Stopwatch", None),
+        ("Nice", None),
+        ("please stop", None),
+        ("回复TD", None),
+        ("CX", None),
+        # Chinese words in optout.words: the whole message or its first word
+        ("退订", "退订"),
+        (" 退订 ", "退订"),
+        ("退订。", "退订"),
+        ("退订，谢谢", "退订"),
+        ("取消", "取消"),
+        ("取消，谢谢", "取消"),
+        ("取消订单", None),
+        ("我要取消订单", None),
+        ("退", None),
+        # optout.anywhere_words: anywhere in a message of up to 30 characters
+        ("我要退订", "退订"),
+        ("我想退订", "退订"),
+        ("请帮我退订谢谢", "退订"),
+        ("请帮我退订，谢谢！", "退订"),
+        ("退订短信", "退订"),
+        ("不要退订", "退订"),
+        ("我拒收", "拒收"),
+        ("取消订阅", "取消订阅"),
+        ("我要取消订阅", "取消订阅"),
+        ("麻烦取消订阅吧", "取消订阅"),
+        (LONG[:30], "退订"),
+        (LONG, None),
     ],
 )
-def test_unsubscribe_words_are_recognised(text):
-    settings = optout.parse(_table({}))
-    assert optout.classify(settings, text) is not None
-    assert optout.classify(settings, text)[0] == "unsubscribe"
+def test_which_texts_are_unsubscribe_words(text, expected):
+    found = optout.classify(optout.parse(_table({})), text)
+    assert found == (None if expected is None else ("unsubscribe", expected))
 
 
 @pytest.mark.parametrize(
-    "text", ["TDXX", "TD123", "取消订单", "Stopwatch", "Nice", "CX", "退", "我想退订"]
+    ("section", "expected"),
+    [
+        ({"anywhere_words": ["STOP"]}, "optout.anywhere_words: 'stop' would be found inside"),
+        ({"anywhere_words": [""]}, "optout.anywhere_words: must not contain an empty word"),
+        (
+            {"anywhere_words": ["订阅"]},
+            "optout.resubscribe_words: '订阅' contains '订阅' (optout.anywhere_words)",
+        ),
+    ],
 )
-def test_other_texts_are_not_unsubscribe_words(text):
-    assert optout.classify(optout.parse(_table({})), text) is None
+def test_anywhere_words_that_cannot_work_are_config_errors(section, expected):
+    problems: list[str] = []
+    optout.parse(Table(section, file="config.toml", prefix="optout", problems=problems))
+    assert any(expected in problem for problem in problems), problems
 
 
 def _table(data: dict[str, Any]) -> Table:

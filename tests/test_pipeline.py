@@ -196,6 +196,36 @@ def test_the_signature_is_on_every_part_and_counted_in_its_70(
     assert all(len(p) <= 70 and check(p, "【某某公司】") for p in parts)
 
 
+SIGNATURE = "【速达快递】"
+
+
+@pytest.mark.parametrize(
+    ("position", "text", "parts"),
+    [
+        ("prefix", "退订成功", ("【速达快递】退订成功",)),
+        ("prefix", "【速达快递】退订成功", ("【速达快递】退订成功",)),
+        ("prefix", " 【速达快递】 退订成功 ", ("【速达快递】退订成功",)),
+        ("prefix", "退订成功【速达快递】", ("【速达快递】退订成功",)),
+        ("suffix", "【速达快递】退订成功", ("退订成功【速达快递】",)),
+        ("suffix", "退订成功【速达快递】", ("退订成功【速达快递】",)),
+        ("prefix", "您好，【速达快递】提醒您取件", ("您好，【速达快递】提醒您取件",)),
+        ("prefix", "【速达快递】", ()),
+        ("prefix", "【某某公司】退订成功", ("【速达快递】【某某公司】退订成功",)),
+    ],
+)
+def test_the_signature_is_never_added_twice(sandbox, tmp_path, make_app, position, text, parts):
+    replies = {"signature": SIGNATURE, "signature_position": position}
+    app = make_app(config_dict(sandbox, tmp_path, replies=replies))
+    assert pipeline.compose(app, text).parts == parts
+
+
+def test_a_long_reply_holding_the_signature_has_it_once_on_every_part(sandbox, tmp_path, make_app):
+    app = make_app(config_dict(sandbox, tmp_path, replies={"signature": SIGNATURE}))
+    parts = pipeline.compose(app, SIGNATURE + "长" * 100).parts
+    assert len(parts) == 2
+    assert all(part.startswith(SIGNATURE) and part.count(SIGNATURE) == 1 for part in parts)
+
+
 def test_a_reply_longer_than_max_parts_is_cut_with_an_ellipsis(sandbox, tmp_path, make_app):
     data = config_dict(sandbox, tmp_path, replies={"max_parts": 2})
     app = make_app(data, extra_plugins=(("long", Answer("长" * 500)),))

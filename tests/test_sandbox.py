@@ -167,9 +167,20 @@ def test_too_fast_reads_are_counted_and_hand_out_nothing() -> None:
         first, second = read(http), read(http)
 
         assert first["msg"] == "一"
-        assert second == {"id": "0", "err": "两次读取间隔必须大于5秒"}
+        assert second == {"id": "0", "err": "读取过于频繁"}
         assert box.stats().too_fast_reads == 1
         assert box.pending() == 1
+
+
+def test_the_too_soon_fault_answers_as_a_too_fast_read_and_hands_out_nothing() -> None:
+    with Sandbox(min_read_interval=0) as box, httpx.Client(base_url=box.url) as http:
+        box.inject(PHONE, "一")
+        box.set_fault("too_soon", endpoint="read", count=1)
+
+        refused, answer = read(http), read(http)
+
+        assert refused == {"id": "0", "err": "读取过于频繁"}
+        assert answer["msg"] == "一"
 
 
 # -- sends ----------------------------------------------------------------------------------
@@ -233,7 +244,7 @@ def test_too_many_recipients_are_refused() -> None:
 
         response = call(http, "g70send", dst=dst, msg="hi")
 
-        assert line(response) == f"num=0&success=&faile={dst}&err=号码数量超过限制&errid=-2"
+        assert line(response) == f"num=0&success=&faile={dst}&err=号码数量超过限制&errid=6023"
         assert box.sent() == []
 
 
@@ -255,7 +266,7 @@ def test_length_limit_counts_characters_per_endpoint(
     if accepted:
         assert answer["num"] == "1"
     else:
-        assert (answer["num"], answer["errid"], answer["err"]) == ("0", "-3", "短信内容超长")
+        assert (answer["num"], answer["errid"], answer["err"]) == ("0", "6011", "短信内容超长")
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -415,8 +426,79 @@ def test_faulted_read_counts_toward_the_interval_and_reads() -> None:
         call(http, "readsms")
         answer = read(http)
 
-        assert answer["err"] == "两次读取间隔必须大于5秒"
+        assert answer["err"] == "读取过于频繁"
         assert (box.stats().reads, box.stats().too_fast_reads, box.pending()) == (2, 1, 1)
+
+
+# -- the account: balance and error codes -----------------------------------------------
+
+
+def test_getfee_answers_the_balance_in_id(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_balance(1234)
+
+    assert line(call(client, "getfee")) == "id=1234&err=查询成功&errid=0"
+
+
+def test_each_accepted_number_costs_one_unit_of_credit(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.set_balance(5)
+
+    call(client, "g70send", dst=f"{PHONE},{PHONE2}", msg="hi")
+
+    assert sandbox.balance == 3
+
+
+def test_sends_without_credit_are_refused_with_6013(sandbox: Sandbox, client: httpx.Client) -> None:
+    sandbox.set_balance(1)
+
+    answer = line(call(client, "g70send", dst=f"{PHONE},{PHONE2}", msg="hi"))
+
+    assert answer == f"num=0&success=&faile={PHONE},{PHONE2}&err=账号余额不足&errid=6013"
+    assert (sandbox.sent(), sandbox.balance) == ([], 1)
+
+
+def test_getfee_can_be_switched_off_like_a_provider_without_it(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.set_balance(offered=False)
+
+    assert call(client, "getfee").status_code == 404
+    assert sandbox.stats().balance_checks == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "endpoint", "expected"),
+    [
+        ({"errid": 6010}, "readsms", "id=-1&err=密码不正确&errid=6010"),
+        ({"errid": 6010}, "getfee", "id=-1&err=密码不正确&errid=6010"),
+        ({"errid": 6009}, "g70send", f"num=0&success=&faile={PHONE}&err=黑名单号码&errid=6009"),
+        (
+            {"errid": 6013, "err": "余额不够"},
+            "g70send",
+            f"num=0&success=&faile={PHONE}&err=余额不够&errid=6013",
+        ),
+        ({"err": "账号余额不足"}, "g70send", f"num=0&success=&faile={PHONE}&err=账号余额不足"),
+    ],
+)
+def test_an_errid_fault_answers_with_the_code_and_text(
+    sandbox: Sandbox, client: httpx.Client, fault: dict, endpoint: str, expected: str
+) -> None:
+    sandbox.set_fault("errid", **fault)
+
+    assert line(call(client, endpoint, dst=PHONE, msg="hi")) == expected
+
+
+def test_control_api_sets_the_balance_and_errid_faults(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    set_to = client.post("/_sandbox/balance", json={"balance": 7, "offered": True}).json()
+    client.post("/_sandbox/fault", json={"kind": "errid", "errid": 6019, "endpoint": "send"})
+
+    assert set_to == {"balance": 7, "offered": True}
+    assert fields(call(client, "g70send", dst=PHONE, msg="hi"))["errid"] == "6019"
+    assert fields(call(client, "getfee"))["id"] == "7"
+    assert client.post("/_sandbox/balance", json={"balance": "x"}).status_code == 400
 
 
 # -- lifecycle and control API --------------------------------------------------------------
@@ -499,6 +581,7 @@ def test_control_api_reset_forgets_everything(sandbox: Sandbox, client: httpx.Cl
         "sends": 0,
         "pending_inbound": 0,
         "requests": 0,
+        "balance_checks": 0,
     }
     assert fields(call(client, "g70send", dst=PHONE, msg="hi"))["num"] == "1"
 

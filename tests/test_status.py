@@ -8,7 +8,8 @@ import time
 import pytest
 
 from responder.cli import main
-from responder.store import Store
+from responder.models import InboundSms
+from responder.store import OutgoingSms, Store
 from tests.conftest import config_dict, write_config
 
 STATUS_PLUGIN = """
@@ -104,3 +105,32 @@ def test_the_text_report_shows_plugin_sections_and_sends(tmp_path, sandbox, stor
     assert "counter:\n  seen: 3" in out
     assert "sends:          none" in out
     assert "dead letters:   0" in out
+
+
+def test_sends_count_every_row_not_one_per_distinct_answer(tmp_path, sandbox, store, capsys):
+    """Each sent row keeps its own raw answer: grouping must not split (or collapse) on it."""
+    for number in range(1, 4):
+        message = store.journal(
+            InboundSms(number, "13800138000", "0888008", "CX", None, f"id={number}")
+        )
+        store.finish_message(message.id, outgoing=[OutgoingSms(("13800138000",), "ok")])
+        [row] = store.due_outbox()
+        store.claim_send(row.id)
+        store.record_sent(row.id, raw=f"num=1&success=13800138000&msgid={number}", errid=0)
+    config = write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path))
+
+    status(config, "--json")
+
+    assert json.loads(capsys.readouterr().out)["sends"] == [
+        {"result": "sent", "errid": "0", "count": 3}
+    ]
+
+
+def test_messages_dropped_as_read_twice_are_counted(config, store, capsys):
+    message = InboundSms(7, "13800138000", "0888008", "CX", None, "id=7")
+    for _read in range(3):
+        store.journal(message)
+
+    status(config)
+
+    assert "duplicates:     2 message(s) read twice, dropped" in capsys.readouterr().out

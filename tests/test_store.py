@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sqlite3
+import subprocess
+import sys
+from datetime import datetime
 
 import pytest
 
 from responder import hookimpl, sender
-from responder.models import InboundSms
+from responder.config import ConfigError, settings_from_dict
+from responder.models import PLATFORM_TZ, InboundSms
 from responder.store import (
-    DEAD,
     FAILED,
+    MIN_FREE_BYTES,
     PENDING,
     PROCESSED,
     RECEIVED,
     REPLIED,
     SCHEMA,
     SENT,
+    UNCERTAIN,
+    JournalUnwritable,
     OutgoingSms,
     Store,
     StoreError,
@@ -103,7 +111,7 @@ def test_processing_is_committed_once_even_if_finished_twice(store):
 
 
 @pytest.mark.parametrize(
-    ("policy", "state", "uncertain"), [("resend", PENDING, 1), ("give_up", DEAD, 0)]
+    ("policy", "state", "uncertain"), [("resend", PENDING, 1), ("give_up", UNCERTAIN, 1)]
 )
 def test_sends_left_in_flight_by_a_crash_follow_the_uncertain_policy(
     sandbox, tmp_path, make_app, policy, state, uncertain
@@ -142,7 +150,7 @@ def test_a_failed_transaction_leaves_the_connection_usable(store):
     assert store.get_meta("k") == "v"
 
 
-@pytest.mark.parametrize(("policy", "status"), [("resend", "uncertain"), ("give_up", "dead")])
+@pytest.mark.parametrize(("policy", "status"), [("resend", "uncertain"), ("give_up", "uncertain")])
 def test_after_send_hears_about_sends_recovered_after_a_crash(
     sandbox, tmp_path, make_app, policy, status
 ):
@@ -162,3 +170,332 @@ def test_after_send_hears_about_sends_recovered_after_a_crash(
     app.store.claim_send(app.store.due_outbox()[0].id)
     sender.recover_in_flight(app)
     assert seen == [status]
+
+
+# -- dedupe on content (a platform that reuses ids) ---------------------------------------
+
+
+def test_a_reused_gateway_id_with_new_content_is_journaled(store):
+    first = store.journal(sms(7, "CX"))
+    again = store.journal(sms(7, "退订"))
+    assert again is not None and again.id != first.id
+    assert [m.text for m in store.messages_since(0)] == ["CX", "退订"]
+
+
+@pytest.mark.parametrize(
+    "received_at",
+    [None, datetime(2026, 11, 26, 9, 0, tzinfo=PLATFORM_TZ)],
+    ids=["no-platform-time", "platform-time"],
+)
+def test_the_same_message_read_twice_is_dropped_and_counted(store, received_at):
+    message = InboundSms(7, "13800138000", "0888008", "CX", received_at, "id=7")
+    assert store.journal(message) is not None
+    assert store.journal(message) is None
+    assert store.journal(message) is None
+    assert len(store.messages_since(0)) == 1
+    assert store.status().duplicates_dropped == 2
+
+
+@pytest.mark.parametrize(
+    "field", ["src", "dst", "received_at"], ids=["other-src", "other-dst", "other-time"]
+)
+def test_an_old_id_from_another_number_or_time_is_a_new_message(store, field):
+    old = InboundSms(7, "13800138000", "0888008", "CX", None, "id=7")
+    changed = {
+        "src": "13900139000",
+        "dst": "088800802",
+        "received_at": datetime(2026, 11, 26, 9, 0, tzinfo=PLATFORM_TZ),
+    }[field]
+    store.journal(old)
+    assert store.journal(dataclasses.replace(old, **{field: changed})) is not None
+    assert store.status().duplicates_dropped == 0
+
+
+def version_2_store(path):
+    """A store as the previous release left it: the schema text of versions 1 and 2."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for number, script in enumerate(SCHEMA[:2], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute(
+        "INSERT INTO messages (id, gateway_id, src, dst, text, received_at, raw, journaled_at,"
+        " state, reason, plugin, processed_at, attempts) VALUES (41, 7, '13800138000',"
+        " '0888008', 'CX', '2026-11-26T09:00:00+08:00', 'id=7', 1.5, 'processed', '',"
+        " 'keywords', 2.5, 1)"
+    )
+    conn.execute(
+        "INSERT INTO outbox (message_id, recipients, text, next_attempt_at, created_at)"
+        " VALUES (41, '13800138000', '已受理', 2.5, 2.5)"
+    )
+    conn.close()
+
+
+def test_a_version_2_store_migrates_keeping_ids_columns_and_replies(tmp_path):
+    version_2_store(tmp_path / "responder.db")
+    store = Store(tmp_path / "responder.db")
+    try:
+        assert store.query("PRAGMA user_version")[0][0] == len(SCHEMA)
+        [row] = store.query("SELECT * FROM messages")
+        assert tuple(row) == (
+            41, 7, "13800138000", "0888008", "CX", "2026-11-26T09:00:00+08:00", "id=7", 1.5,
+            "processed", "", "keywords", 2.5, 1,
+        )  # fmt: skip
+        [reply] = store.outbox_for(41)
+        assert (reply.text, reply.sender) == ("已受理", "")
+        assert store.query("PRAGMA foreign_key_check") == []
+        assert store.query("PRAGMA integrity_check")[0][0] == "ok"
+    finally:
+        store.close()
+
+
+def test_foreign_keys_still_hold_after_the_migration(tmp_path):
+    version_2_store(tmp_path / "responder.db")
+    store = Store(tmp_path / "responder.db")
+    try:
+        with (
+            pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"),
+            store.transaction() as tx,
+        ):
+            tx.execute(
+                "INSERT INTO outbox (message_id, recipients, text, next_attempt_at,"
+                " created_at) VALUES (999, '1', 'x', 0, 0)"
+            )
+    finally:
+        store.close()
+
+
+def test_a_migrated_store_journals_a_new_message_with_an_old_id(tmp_path):
+    version_2_store(tmp_path / "responder.db")
+    store = Store(tmp_path / "responder.db")
+    try:
+        message = store.journal(sms(7, "新的一条"))
+        assert message is not None and message.id == 42
+    finally:
+        store.close()
+
+
+# -- one daemon per store, whatever the path ----------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_a_second_claim_through_a_symlink_is_refused(tmp_path, link):
+    real = tmp_path / "real"
+    real.mkdir()
+    first = Store(real / "responder.db")
+    first.claim_exclusive()
+    if link == "file":
+        (tmp_path / "alias.db").symlink_to(real / "responder.db")
+        other_path = tmp_path / "alias.db"
+    else:
+        (tmp_path / "alias").symlink_to(real)
+        other_path = tmp_path / "alias" / "responder.db"
+    second = Store(other_path)
+    try:
+        with pytest.raises(StoreError, match=f"another responder \\(pid {os.getpid()}\\)"):
+            second.claim_exclusive()
+    finally:
+        second.close()
+        first.close()
+
+
+def test_the_claim_is_free_again_once_the_holder_closes(tmp_path):
+    first = Store(tmp_path / "responder.db")
+    first.claim_exclusive()
+    first.close()
+    (tmp_path / "alias.db").symlink_to(tmp_path / "responder.db")
+    second = Store(tmp_path / "alias.db")
+    second.claim_exclusive()
+    second.close()
+
+
+# -- files that are not a store are refused, never made new --------------------------------
+
+
+def test_an_empty_store_file_is_refused_and_left_as_it_is(tmp_path):
+    path = tmp_path / "responder.db"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match="is an empty file \\(0 bytes\\), not a store"):
+        Store(path)
+    assert path.stat().st_size == 0
+
+
+def test_a_file_that_is_not_an_sqlite_database_is_refused(tmp_path):
+    path = tmp_path / "responder.db"
+    path.write_bytes(b"id,src,text\n1,13800138000,CX\n" * 200)
+    with pytest.raises(StoreError, match="is not an SQLite database"):
+        Store(path)
+
+
+def test_a_missing_store_is_created_whole_with_nothing_left_beside_it(tmp_path):
+    Store(tmp_path / "responder.db").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["responder.db"]
+    assert (tmp_path / "responder.db").read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def damage_pages(path, first_page: int = 2) -> None:
+    """Overwrite every page from ``first_page`` on with garbage (page 1 keeps the header)."""
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek(4096 * (first_page - 1))
+        handle.write(b"\xa5" * (size - 4096 * (first_page - 1)))
+
+
+def filled_store(path, messages: int = 300) -> None:
+    store = Store(path)
+    for number in range(messages):
+        store.journal(sms(number, "查询" * 20))
+    store.close()
+
+
+def test_damaged_pages_are_a_store_error_naming_the_damage(tmp_path):
+    path = tmp_path / "responder.db"
+    filled_store(path)
+    damage_pages(path)
+    with pytest.raises(StoreError, match=r"is damaged .*restore a backup") as caught:
+        store = Store(path)
+        try:
+            store.verify()
+        finally:
+            store.close()
+    assert "\n" not in str(caught.value)
+
+
+# -- retention -----------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def aged_store(tmp_path, clock) -> dict[str, int]:
+    """One message in each finishing state, a year and a day old; returns their ids."""
+    store = Store(tmp_path / "responder.db", clock=clock)
+    ids = {}
+    for number, kind in enumerate(
+        ["replied", "ignored", "failed", "dead", "processed", "received", "late reply"], start=1
+    ):
+        message = store.journal(sms(number, kind))
+        ids[kind] = message.id
+        if kind == "received":
+            continue
+        replies = [] if kind in ("ignored", "failed") else [OutgoingSms(("13800138000",), "ok")]
+        store.finish_message(
+            message.id, outgoing=replies, state=FAILED if kind == "failed" else None
+        )
+        for row in store.due_outbox():
+            store.claim_send(row.id)
+            if kind == "dead":
+                store.record_dead(row.id, error="refused")
+            elif kind != "processed":
+                store.record_sent(row.id, raw="num=1", errid=0)
+    clock.advance(366 * DAY)
+    store.add_replies(ids["late reply"], [OutgoingSms(("13800138000",), "later")])
+    [late] = store.due_outbox()
+    store.claim_send(late.id)
+    store.record_sent(late.id, raw="num=1", errid=0)
+    store.close()
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("kind", "pruned"),
+    [
+        ("replied", True),
+        ("ignored", True),
+        ("failed", False),  # set aside: someone should look at it
+        ("dead", False),  # a dead letter
+        ("processed", False),  # its reply is still pending
+        ("received", False),  # not processed yet
+        ("late reply", False),  # a reply sent within keep_days
+    ],
+)
+def test_retention_prunes_only_finished_messages_older_than_keep_days(
+    tmp_path, clock, kind, pruned
+):
+    ids = aged_store(tmp_path, clock)
+    store = Store(tmp_path / "responder.db", clock=clock)
+    try:
+        replies = len(store.outbox_for(ids[kind]))
+        store.prune(365)
+        assert (store.get_message(ids[kind]) is None) == pruned
+        assert len(store.outbox_for(ids[kind])) == (0 if pruned else replies)
+    finally:
+        store.close()
+
+
+def test_retention_keeps_messages_younger_than_keep_days(tmp_path, clock):
+    aged_store(tmp_path, clock)
+    store = Store(tmp_path / "responder.db", clock=clock)
+    try:
+        assert store.prune(367) == (0, 0)
+        assert len(store.messages_since(0)) == 7
+    finally:
+        store.close()
+
+
+def test_keep_days_0_keeps_everything(tmp_path, clock):
+    aged_store(tmp_path, clock)
+    store = Store(tmp_path / "responder.db", clock=clock)
+    try:
+        clock.advance(3650 * DAY)
+        assert store.prune(0) == (0, 0)
+        assert len(store.messages_since(0)) == 7
+    finally:
+        store.close()
+
+
+def test_retention_works_through_many_batches(tmp_path, clock):
+    store = Store(tmp_path / "responder.db", clock=clock)
+    try:
+        for number in range(25):
+            message = store.journal(sms(number, f"m{number}"))
+            store.finish_message(message.id, outgoing=[])
+        clock.advance(2 * DAY)
+        assert store.prune(1, batch=4) == (25, 0)
+        assert store.messages_since(0) == []
+    finally:
+        store.close()
+
+
+# -- a journal that cannot take a message holds reading ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("room", "held"), [(MIN_FREE_BYTES - 1, True), (MIN_FREE_BYTES, False), (-5, True)]
+)
+def test_reading_is_held_when_the_store_has_too_little_room(tmp_path, room, held):
+    store = Store(tmp_path / "responder.db", room=lambda _path: room)
+    try:
+        assert bool(store.journal_problem()) == held
+    finally:
+        store.close()
+
+
+def test_a_read_start_mark_the_store_refuses_is_journal_unwritable(store):
+    store.query("PRAGMA query_only = 1")  # SQLite refuses every write on this connection
+    with pytest.raises(JournalUnwritable, match="readonly"):
+        store.set_last_read_at(1.0)
+    assert store.probe_write() != ""
+
+
+def test_the_room_counts_the_process_file_size_limit(tmp_path):
+    Store(tmp_path / "responder.db").close()
+    size = (tmp_path / "responder.db").stat().st_size
+    script = (
+        "import resource, sys; from pathlib import Path; from responder.store import store_room;"
+        " resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY));"
+        " print(store_room(Path(sys.argv[1])))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "responder.db")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(result.stdout) == 1_000_000 - size
+
+
+@pytest.mark.parametrize(("value", "problem"), [(-1, "must be at least 0"), ("1y", "an integer")])
+def test_a_bad_keep_days_is_a_config_error_naming_the_key(sandbox, tmp_path, value, problem):
+    data = config_dict(sandbox, tmp_path, store={"keep_days": value})
+    with pytest.raises(ConfigError, match=rf"store\.keep_days: .*{problem}"):
+        settings_from_dict(data, environ={})

@@ -105,7 +105,9 @@ def test_start_reload_and_stop_are_notified_in_order(sandbox, tmp_path, daemons,
 
     ready = listener.next(has("READY=1"))
     assert sandbox.stats().reads >= 1, "READY=1 came before the first gateway read"
-    assert re.search(r"^STATUS=last read \d+ s ago; 0 messages today; outbox 0$", ready, re.M)
+    assert re.search(
+        r"^STATUS=last read \d+ s ago; 0 messages today; outbox 0(; balance \d+)?$", ready, re.M
+    )
     daemon.signal(signal.SIGHUP)
     reloading = listener.next(has("RELOADING=1"))
     listener.next(has("READY=1"))
@@ -166,7 +168,9 @@ def test_status_line_shows_live_figures(responder_daemon):
 
 def test_status_line_leads_with_a_refused_login(responder_daemon):
     responder_daemon.sandbox.set_fault("login")
-    responder_daemon.wait_until(lambda: responder_daemon.daemon.login_failed, what="login failure")
+    responder_daemon.wait_until(
+        lambda: responder_daemon.daemon.account.state == "login_refused", what="login failure"
+    )
 
     responder_daemon.daemon.supervisor.send_status()
 
@@ -196,3 +200,20 @@ def test_the_unit_ships_where_responder_unit_finds_it(capsys):
     assert main(["unit"]) == 0
     assert capsys.readouterr().out == unit_file().read_text(encoding="utf-8")
     assert unit_file() == Path(__file__).parent.parent / "systemd" / "responder.service"
+
+
+def test_the_unit_stop_timeout_fits_a_read_at_the_largest_gateway_timeout():
+    """A stop waits for a read in flight; systemd must not kill the daemon before it ends."""
+    from responder.config import ConfigError, settings_from_dict
+    from responder.daemon import read_stop_wait
+
+    def gateway(timeout: float) -> dict:
+        urls = [f"http://127.0.0.{n}:8800" for n in range(1, 12)]
+        return {"gateway": {"base_urls": urls, "name": "a", "password": "b", "timeout": timeout}}
+
+    with pytest.raises(ConfigError):
+        settings_from_dict(gateway(121), environ={})
+    largest = settings_from_dict(gateway(120), environ={}).gateway
+    unit = (Path(__file__).parent.parent / "systemd" / "responder.service").read_text()
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE)
+    assert read_stop_wait(largest) <= int(stop)

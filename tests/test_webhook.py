@@ -32,10 +32,11 @@ from responder import __version__, hookimpl, pipeline
 from responder.app import App
 from responder.commands import CommandRegistry
 from responder.logs import configure_logging
+from responder.metrics import store_figures
 from responder.models import PLATFORM_TZ, InboundSms, Message, Reply
 from responder.sandbox import Sandbox
 from tests.conftest import Clock, config_dict, wait_for
-from tests.webhook_receiver import Answer, Receiver, json_answer
+from tests.webhook_receiver import Answer, Receiver, Trickler, json_answer
 
 SECRET = "whsec-3f9a1c0e5b7d2468-test"
 PHONE = "13800138000"
@@ -386,6 +387,24 @@ def test_retry_after_pauses_the_whole_target(hook_app, receiver, clock) -> None:
     assert [r["state"] for r in rows(app)] == ["delivered", "delivered"]
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    [lambda now: "100000", lambda now: email.utils.formatdate(now + 100000, usegmt=True)],
+    ids=["seconds", "http-date"],
+)
+def test_retry_after_is_capped_at_retry_max(hook_app, receiver, clock, retry_after) -> None:
+    receiver.script(Answer(status=503, headers=(("Retry-After", retry_after(clock.now)),)))
+    app = hook_app({"url": receiver.url()})  # retry_max = 160
+    receive(app)
+
+    deliver(app)
+    assert only_row(app)["next_attempt_at"] == pytest.approx(clock.now + 160, abs=1)
+
+    clock.advance(161)
+    deliver(app)
+    assert only_row(app)["state"] == "delivered"
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
 def test_other_4xx_is_a_permanent_failure(hook_app, receiver, status) -> None:
     receiver.script(Answer(status=status, body=b"no such hook"))
@@ -580,6 +599,41 @@ def test_slow_target_does_not_hold_up_another(hook_app, receiver) -> None:
             engine.wait()
 
 
+_STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
+_HEADERS = b"".join(b"X-Padding-%d: %s\r\n" % (n, b"x" * 40) for n in range(8))
+
+
+@pytest.mark.parametrize(
+    ("sent_at_once", "trickled", "mode"),
+    [
+        (b"", _STATUS_LINE + _HEADERS + b"Content-Length: 0\r\n\r\n", "relay"),
+        (_STATUS_LINE, _HEADERS + b"Content-Length: 0\r\n\r\n", "relay"),
+        (
+            _STATUS_LINE + b"Content-Type: text/plain\r\nContent-Length: 400\r\n\r\n",
+            b"x" * 400,
+            "reply",
+        ),
+    ],
+    ids=["status-line", "headers", "body"],
+)
+def test_a_response_trickled_byte_by_byte_is_cut_at_the_timeout(
+    hook_app, clock, sent_at_once, trickled, mode
+) -> None:
+    # A byte every 0.5 s: no single read ever waits 1 s, and the whole response would take
+    # minutes (past the test's own timeout): only a deadline over the attempt ends it.
+    with Trickler(trickled, head=sent_at_once, interval=0.5) as slow:
+        app = hook_app({"url": slow.url(), "timeout": 1, "mode": mode})
+        receive(app)
+
+        deliver(app)
+
+        row = only_row(app)
+        assert (row["state"], row["attempts"]) == ("pending", 1)
+        assert row["last_error"].startswith("timed out after 1 s")
+        assert clock.now + 5 <= row["next_attempt_at"] <= clock.now + 10
+        wait_for(slow.cut.is_set)  # the connection was closed, not left trickling
+
+
 # -- reply mode ---------------------------------------------------------------------------
 
 
@@ -758,6 +812,73 @@ def test_on_failure_decides_what_the_sender_gets_when_the_target_fails(
 
     assert answers(app, message) == expected
     assert only_row(app)["answer_state"] == ("queued" if expected else "silent")
+
+
+def _outcome(app: App, message: Message) -> tuple[str, str, str]:
+    """The message's state, reason and plugin, as the store (and so status) has them."""
+    [record] = app.store.query(
+        "SELECT state, reason, plugin FROM messages WHERE id = ?", (message.id,)
+    )
+    return tuple(record)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("answer", "plugin"),
+    [(json_answer({"reply": "您好，订单已发货"}), "webhook"), (Answer(status=404), "keywords")],
+    ids=["target", "fallback"],
+)
+def test_a_late_answer_counts_the_message_as_answered(hook_app, receiver, answer, plugin) -> None:
+    receiver.script(answer)
+    app = hook_app({"url": receiver.url(), "mode": "reply"}, keywords={"fallback": "感谢您的短信"})
+    message = receive(app)
+    assert store_figures(app.store).unanswered == {"awaiting webhook": 1}
+
+    deliver(app)
+
+    assert _outcome(app, message) == ("processed", "", plugin)
+    assert app.store.status().reasons == {}
+    assert store_figures(app.store).unanswered == {}
+
+
+@pytest.mark.parametrize(
+    ("answer", "target", "reason"),
+    [
+        (json_answer({"reply": None}), {}, "webhook:crm: no answer"),
+        (Answer(status=404), {}, "webhook:crm: gave up, and no other plugin answered"),
+        (
+            Answer(status=404),
+            {"on_failure": "silent"},
+            "webhook:crm: gave up (on_failure = silent)",
+        ),
+    ],
+    ids=["no-answer", "fallback-silent", "on-failure-silent"],
+)
+def test_a_message_left_unanswered_by_its_target_no_longer_awaits_it(
+    hook_app, receiver, answer, target, reason
+) -> None:
+    receiver.script(answer)
+    app = hook_app({"url": receiver.url(), "mode": "reply", **target})
+    message = receive(app)
+
+    deliver(app)
+
+    assert _outcome(app, message) == ("ignored", reason, "webhook")
+    assert store_figures(app.store).unanswered == {"webhook": 1}
+
+
+def test_answered_messages_are_not_counted_unanswered_whatever_their_old_reason(
+    hook_app, receiver
+) -> None:
+    receiver.default = json_answer({"reply": "好的"})
+    app = hook_app({"url": receiver.url(), "mode": "reply"})
+    message = receive(app)
+    deliver(app)
+    with app.store.transaction() as tx:  # as a store written before the fix has it
+        tx.execute(
+            "UPDATE messages SET reason = 'awaiting webhook:crm' WHERE id = ?", (message.id,)
+        )
+
+    assert app.store.status().reasons == {}
 
 
 def test_fallback_is_sent_once_even_if_the_dead_letter_dies_again(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import ssl
 import threading
 import time
@@ -151,3 +153,77 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(answer.body)))
         self.end_headers()
         self.wfile.write(answer.body)
+
+
+class Trickler:
+    """A raw TCP server that reads a request, then sends its response one byte at a time.
+
+    For the total deadline of an attempt: every single read the client makes gets a byte
+    well within any per-read timeout, so only a deadline over the whole attempt cuts it.
+    The trickle stops when the server is stopped (the end of the test).
+    """
+
+    def __init__(
+        self, response: bytes, *, head: bytes = b"", interval: float = 0.5, host: str = "127.0.0.1"
+    ) -> None:
+        self.head = head
+        """Sent at once, before the trickle."""
+        self.response = response
+        self.interval = interval
+        self.host = host
+        self.stopping = threading.Event()
+        self.requests = 0
+        """Requests read so far."""
+        self.cut = threading.Event()
+        """Set when the client closed the connection before the response was all sent."""
+        self._server = socket.create_server((host, 0))
+        self._server.settimeout(0.05)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Trickler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self._thread.join(10)
+        self._server.close()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://{self.host}:{self._server.getsockname()[1]}{path}"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _addr = self._server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                self._one(conn)
+
+    def _one(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        declared = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        length = int(declared[1]) if declared else 0
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+        self.requests += 1
+        conn.sendall(self.head)
+        for byte in self.response:
+            if self.stopping.wait(self.interval):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                self.cut.set()
+                return

@@ -13,7 +13,7 @@ from typing import Any
 
 from responder.sandbox import Sandbox
 
-FINAL_MESSAGE_STATES = ("replied", "ignored", "failed")
+FINAL_MESSAGE_STATES = ("replied", "ignored", "failed", "uncertain")
 BAD_LOG_MARKERS = ("Traceback", '"job_failed"', '"plugin_failed"', '"message_failed"')
 """A fault must be handled, never surface as an unexpected exception."""
 

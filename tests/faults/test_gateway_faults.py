@@ -97,7 +97,8 @@ def test_on_uncertain_give_up_never_sends_twice(gateway, tmp_path, daemons):
     finish(daemon)
     assert len(gateway.sent()) == 1
     [row] = rows(db, "SELECT state, last_error FROM outbox")
-    assert row["state"] == "dead" and "gave up" in row["last_error"]
+    assert row["state"] == "uncertain" and "gave up" in row["last_error"]
+    assert rows(db, "SELECT state FROM messages")[0]["state"] == "uncertain"
 
 
 def test_one_of_two_addresses_refusing_connections_fails_over(

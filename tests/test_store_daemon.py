@@ -1,0 +1,102 @@
+"""The store's duties in a running daemon: retention, dedupe across a platform id reset,
+one daemon per store file whatever the path."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.config import settings_from_dict
+from responder.daemon import Daemon
+from responder.sandbox import Sandbox
+from responder.store import Store
+from tests.conftest import PASSWORD, config_dict, wait_for, write_config
+from tests.test_store import sms
+
+RULES = {"rules": [{"keywords": ["CX"], "reply": "已受理"}]}
+DAY = 86400.0
+
+
+@pytest.fixture
+def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start a daemon in this process on ``tmp_path``'s store; stopped after the test."""
+    started: list[Daemon] = []
+
+    def run(sandbox: Sandbox, **sections: dict[str, Any]) -> Daemon:
+        data = config_dict(sandbox, tmp_path, keywords=RULES, **sections)
+        settings = settings_from_dict(data, source=str(tmp_path / "config.toml"), environ={})
+        daemon = Daemon(settings=settings, notify=lambda _line: None, configure_logs=False)
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield run
+    for daemon in started:
+        if not daemon.stopping.is_set():
+            daemon.stop()
+
+
+def finished_message(store: Store, gateway_id: int) -> int:
+    message = store.journal(sms(gateway_id, f"m{gateway_id}"))
+    store.finish_message(message.id, outgoing=[], reason="no reply")
+    return message.id
+
+
+def test_the_daemon_prunes_old_finished_messages_when_it_starts(sandbox, tmp_path, run_daemon):
+    db = tmp_path / "responder.db"
+    then = time.time() - 400 * DAY
+    old_store = Store(db, clock=lambda: then)
+    old = finished_message(old_store, 1)
+    old_store.close()
+    new_store = Store(db)
+    new = finished_message(new_store, 2)
+    new_store.close()
+
+    daemon = run_daemon(sandbox)
+
+    wait_for(lambda: daemon.store.get_message(old) is None)
+    assert daemon.store.get_message(new) is not None
+
+
+def test_a_new_message_with_a_reused_id_is_answered_after_a_platform_reset(tmp_path, run_daemon):
+    for number in ("13800138000", "13900139000"):
+        with Sandbox(name="acct", password=PASSWORD, min_read_interval=0, first_id=100) as gateway:
+            daemon = run_daemon(gateway)
+            assert gateway.inject(number, "CX") == 100  # the platform's ids start over
+            wait_for(lambda gateway=gateway: gateway.sent())
+            daemon.stop()
+        assert [sent.numbers for sent in gateway.sent()] == [(number,)]
+    store = Store(tmp_path / "responder.db")
+    try:
+        assert [m.gateway_id for m in store.messages_since(0)] == [100, 100]
+        assert store.status().duplicates_dropped == 0
+    finally:
+        store.close()
+
+
+def test_a_second_daemon_through_a_symlink_to_the_store_refuses_to_start(
+    sandbox, tmp_path, daemons
+):
+    """Two daemons on one store read the account twice as often as the interval allows."""
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "responder.db"
+    alias = tmp_path / "alias.db"
+    alias.symlink_to(real)
+    configs = []
+    for name, path in (("first", real), ("second", alias)):
+        data = config_dict(sandbox, tmp_path, store={"path": str(path)})
+        configs.append(write_config(tmp_path / f"{name}.toml", data))
+    first = daemons(configs[0], tmp_path / "first.log")
+    first.wait_for_log("daemon_started")
+
+    second = daemons(configs[1], tmp_path / "second.log")
+
+    assert second.wait() == 1
+    assert f"another responder (pid {first.process.pid})" in second.log()
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
