@@ -6,7 +6,7 @@ Run: ``python benchmarks/keywords.py`` (``--quick`` for a short run). For 10, 1,
 - the start-up cost: parsing the ``[keywords]`` table (as TOML gives it) and compiling
   the rules into their indexes;
 - the median cost of matching one message (normalisation included) over several runs,
-  with ``responder_keywords.Matcher``;
+  with ``responder_plugins.keywords.Matcher``;
 - the same for a naive matcher (one compiled regex per rule, scanned in order) and the
   ratio between the two.
 
@@ -27,8 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import responder_keywords as kw
-
+import responder_plugins.keywords as kw
 from responder.config import Table
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"

@@ -1,4 +1,8 @@
-"""sms-responder: answers SMS replies read from a 企信通 gateway account."""
+"""sms-responder: answers SMS replies read from a 企信通 gateway account.
+
+The names below are the public API, what plugins are written against; everything else
+in the package is private, and may change between releases. See docs/plugins.md.
+"""
 
 import pluggy
 
@@ -7,4 +11,65 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("responder")
 """Marker for plugin hook implementations: ``@hookimpl def responder_reply(...)``."""
 
-__all__ = ["__version__", "hookimpl"]
+# The imports come after __version__ and hookimpl, which the modules below import.
+from responder.app import App  # noqa: E402
+from responder.checks import reply_warnings  # noqa: E402
+from responder.commands import CommandRegistry  # noqa: E402
+from responder.config import (  # noqa: E402
+    ConfigError,
+    ConfigSection,
+    Table,
+    is_loopback_url,
+    redact_url,
+)
+from responder.gateway import error_reason  # noqa: E402
+from responder.models import (  # noqa: E402
+    PLATFORM_TZ,
+    Deferred,
+    Delivery,
+    InboundSms,
+    Message,
+    Reply,
+    SendResult,
+    StatusSection,
+    Veto,
+)
+from responder.normalise import (  # noqa: E402
+    MOBILE_PATTERN,
+    canonical_number,
+    compact_number,
+    display_form,
+    is_mobile,
+    is_separator,
+    normalise,
+)
+
+__all__ = [
+    "MOBILE_PATTERN",
+    "PLATFORM_TZ",
+    "App",
+    "CommandRegistry",
+    "ConfigError",
+    "ConfigSection",
+    "Deferred",
+    "Delivery",
+    "InboundSms",
+    "Message",
+    "Reply",
+    "SendResult",
+    "StatusSection",
+    "Table",
+    "Veto",
+    "__version__",
+    "canonical_number",
+    "compact_number",
+    "display_form",
+    "error_reason",
+    "hookimpl",
+    "is_loopback_url",
+    "is_mobile",
+    "is_separator",
+    "normalise",
+    "redact_url",
+    "reply_warnings",
+]

@@ -13,7 +13,7 @@ import structlog
 from responder.config import ConfigError, Settings
 from responder.gateway import GatewayClient, ReadGate
 from responder.models import PLATFORM_TZ, Message, Reply, StatusSection
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.store import Store
 
 
@@ -104,7 +104,7 @@ def build_app(
     if host.problems or problems:
         raise ConfigError([*host.problems, *problems])
     for warning in host.warnings:
-        structlog.get_logger("responder.plugins").warning(
+        structlog.get_logger("responder.plugin_host").warning(
             warning.event, plugin=warning.plugin, detail=warning.text
         )
     store = store or Store(settings.store.path, clock=clock)

@@ -18,7 +18,7 @@ from typing import Final
 from responder.app import App
 from responder.config import read_settings
 from responder.gateway import GatewayClient
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.store import Store
 from responder.text import SMS_LIMIT
 

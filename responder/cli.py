@@ -20,7 +20,7 @@ from responder.config import ConfigError, Settings, load_settings
 from responder.gateway import AccountState, BalanceNotOffered, GatewayClient, GatewayError
 from responder.logs import configure_logging
 from responder.models import PLATFORM_TZ
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.store import Store, StoreError
 
 CONFIG_ENV = "RESPONDER_CONFIG"

@@ -180,7 +180,7 @@ class Table:
         want = "a number" + (f" of {unit}" if unit else "")
         value = self._get(key, default, (int, float), want, secret)
         value = self._check_range(key, value, default, min, max, unit, secret=secret)
-        return float(value) if value is not None else value
+        return float(value) if value is not None else 0.0
 
     def _check_range(
         self,

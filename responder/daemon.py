@@ -28,7 +28,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from responder import pipeline, sender
+from responder import pipeline, sending
 from responder.account import Account
 from responder.app import App, build_app
 from responder.config import ConfigError, GatewaySettings, Settings, load_settings
@@ -195,7 +195,7 @@ class Daemon:
         if settings.metrics.listen:
             self.metrics = start_metrics(settings, lambda: self.app, self.supervisor.reads)
         self._install(app)
-        recovered = sender.recover_in_flight(app)
+        recovered = sending.recover_in_flight(app)
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=8)},
@@ -256,7 +256,7 @@ class Daemon:
                 next_run_time=self._utc_in(0),
             )
 
-    def _plugin_job(self, name: str, function: Callable[[], object]) -> Callable[[], None]:
+    def _plugin_job(self, name: str, function: Callable[[], object]) -> Callable[[], bool]:
         def step() -> bool:
             function()
             return False
@@ -536,11 +536,11 @@ class Daemon:
         app, account = self.app, self.account
         assert app is not None and account is not None
         account.check_balance(app.gateway)
-        batch = account.send_batch(sender.BATCH)  # none while the account cannot send
+        batch = account.send_batch(sending.BATCH)  # none while the account cannot send
         if not batch:
             return False
         try:
-            return sender.send_due(app, batch, account=account) > 0
+            return sending.send_due(app, batch, account=account) > 0
         except AccountError as err:  # the row went back to pending, its attempt not counted
             account.refused(err)
             return False

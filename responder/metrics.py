@@ -176,9 +176,9 @@ class ResponderCollector:
             ("section", "figure"),
         )
         for section in sections:
-            for figure, value in section.figures:
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    family.add_metric([section.title, _metric_name(figure)], value)
+            for figure, shown in section.figures:
+                if isinstance(shown, int | float) and not isinstance(shown, bool):
+                    family.add_metric([section.title, _metric_name(figure)], shown)
         yield family
 
 

@@ -58,6 +58,18 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """Returned by a reply hook that will answer later, through ``app.reply_later``.
+
+    It wins like a Reply (no other plugin is asked) and sends nothing now; the message
+    is recorded as "awaiting <who>" until the answer comes.
+    """
+
+    who: str
+    """Who will answer, for status and logs: "webhook:crm"."""
+
+
+@dataclass(frozen=True)
 class Veto:
     """Returned by a before-send hook to cancel an outgoing reply."""
 

@@ -82,9 +82,9 @@ def _display_meta(app: App, decision: Decision) -> tuple[tuple[str, str], ...]:
         return reply.meta
     if app.plugin_config("keywords") is None:
         return ()
-    import responder_keywords  # a built-in, always installed; loaded when configured
+    import responder_plugins.keywords  # a built-in, always installed; loaded when configured
 
-    return responder_keywords.describe(app, message)
+    return responder_plugins.keywords.describe(app, message)
 
 
 def simulate(app: App, message: Message) -> Simulated:
@@ -194,7 +194,7 @@ def read_conversation(path: str) -> list[tuple[int, str, str]]:
 
     A text with commas may be quoted or not: everything after the first comma is the text.
     """
-    messages = []
+    messages: list[tuple[int, str, str]] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -249,8 +249,11 @@ def parse_since(text: str) -> float:
 
 def replay(app: App, since: float, args: argparse.Namespace) -> int:
     """Re-run stored messages through the current rules; print where answers would differ."""
-    arrived = dict(
-        app.store.query("SELECT id, journaled_at FROM messages WHERE journaled_at >= ?", (since,))
+    arrived: dict[int, float] = dict(
+        (row[0], row[1])
+        for row in app.store.query(
+            "SELECT id, journaled_at FROM messages WHERE journaled_at >= ?", (since,)
+        )
     )
     rows, differing = [], 0
     for message in app.store.messages_since(since):

@@ -100,6 +100,31 @@ SCHEMA: Final = (
         ON messages (gateway_id, src, dst, IFNULL(received_at, ''), text);
     ALTER TABLE outbox ADD COLUMN sender TEXT NOT NULL DEFAULT '';
     """,
+    # version 4: every row belongs to an account (one, "default", until several are
+    # served); who decided a drop or veto, apart from its reason; the durable queues.
+    """
+    ALTER TABLE messages ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE messages ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE outbox ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    DROP INDEX messages_dedupe;
+    CREATE UNIQUE INDEX messages_dedupe
+        ON messages (account, gateway_id, src, dst, IFNULL(received_at, ''), text);
+    CREATE TABLE queue_items (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        account TEXT NOT NULL DEFAULT 'default',
+        key TEXT,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE UNIQUE INDEX queue_items_key ON queue_items (queue, key) WHERE key IS NOT NULL;
+    CREATE INDEX queue_items_due ON queue_items (queue, state, next_attempt_at);
+    """,
 )
 """Core schema migrations; the database's ``user_version`` counts those applied."""
 

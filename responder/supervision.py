@@ -37,7 +37,7 @@ STATUS_INTERVAL: Final = 10.0
 DEFAULT_STALL: Final = 120.0
 """A step's budget beyond its own work when systemd set no watchdog (for STATUS only)."""
 SEND_BATCH: Final = 20
-"""Rows one send step may attempt (``sender.send_due``'s limit)."""
+"""Rows one send step may attempt (``sending.send_due``'s limit)."""
 READ_RESULTS: Final = ("message", "empty", "error", "too_soon")
 FAILED_READS: Final = ("error", "too_soon")
 """Results that count as a failed read in STATUS (a too-soon read brought nothing)."""

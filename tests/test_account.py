@@ -28,7 +28,7 @@ from responder.gateway import (
 )
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.sandbox import ERRID_TEXTS
-from responder.sender import send_due
+from responder.sending import send_due
 from responder.store import OutgoingSms
 from tests.conftest import config_dict, write_config
 

@@ -6,8 +6,8 @@ import signal
 import sqlite3
 
 import pytest
-import responder_optout as optout
 
+import responder_plugins.optout as optout
 from responder.config import settings_from_dict
 from responder.daemon import Daemon
 from responder.sandbox import Sandbox

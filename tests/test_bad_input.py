@@ -19,7 +19,7 @@ from responder.daemon import Daemon
 from responder.models import InboundSms
 from responder.pipeline import NO_RECIPIENT, process
 from responder.sandbox import Sandbox
-from responder.sender import send_due
+from responder.sending import send_due
 from responder.store import OutgoingSms
 from tests.conftest import PASSWORD, config_dict, wait_for
 

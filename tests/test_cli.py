@@ -115,7 +115,7 @@ def test_plugins_lists_built_ins_and_their_hooks(sandbox, tmp_path):
     config = write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path))
     result = responder("plugins", "-c", str(config))
     assert result.returncode == 0, result.stderr
-    assert "keywords  (built-in: responder_keywords)" in result.stdout
+    assert "keywords  (built-in: responder_plugins.keywords)" in result.stdout
     assert "    responder_reply" in result.stdout
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from responder.config import ConfigError, load_settings, settings_from_dict
 from responder.gateway import GatewayClient, TransientError
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.protocol import (
     MalformedBody,
     decode_form,
@@ -378,14 +378,14 @@ def test_cleaning_and_encoding_any_text_never_raises(text, encoding):
 # -- the keyword plugin's normaliser and templates ---------------------------------------
 
 try:
-    import responder_keywords as keywords_plugin
+    import responder_plugins.keywords as keywords_plugin
 except ImportError:  # pragma: no cover - the plugin ships with the package
     keywords_plugin = None
 normalise = getattr(keywords_plugin, "normalise", None)
 parse_template = getattr(keywords_plugin, "parse_template", None)
 
 
-@pytest.mark.skipif(normalise is None, reason="responder_keywords has no normalise() yet")
+@pytest.mark.skipif(normalise is None, reason="responder_plugins.keywords has no normalise() yet")
 @fuzz(300)
 @given(text=texts)
 def test_the_keyword_normaliser_takes_any_text(text):
@@ -395,7 +395,7 @@ def test_the_keyword_normaliser_takes_any_text(text):
     assert normalise(key) == key  # a keyword and a message normalise to the same form
 
 
-@pytest.mark.skipif(parse_template is None, reason="responder_keywords has no parse_template()")
+@pytest.mark.skipif(parse_template is None, reason="the keywords plugin has no parse_template()")
 @fuzz(300)
 @given(
     source=st.one_of(texts, st.text(alphabet="{}ab_ 查询", max_size=30)),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import responder_guard as guard
 
+import responder_plugins.guard as guard
 from responder import hookimpl
 from responder.config import ConfigError, Table
 from responder.models import InboundSms, Message, Reply
 from responder.pipeline import decide, process
-from responder.sender import send_due
+from responder.sending import send_due
 from tests.conftest import config_dict
 
 RULES = {"rules": [{"keywords": ["CX"], "reply": "已受理 {args}"}]}

@@ -19,7 +19,7 @@ from responder.cli import build_parser
 from responder.commands import CommandRegistry
 from responder.config import ConfigError, ConfigSection, Table
 from responder.models import Reply, StatusSection, Veto
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 
 # -- responder_config_section -----------------------------------------------------------

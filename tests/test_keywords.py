@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-import responder_keywords as kw
 
+import responder_plugins.keywords as kw
 from responder.config import ConfigError, Table
 from responder.models import PLATFORM_TZ, InboundSms, Message
 from responder.pipeline import decide, process

@@ -6,8 +6,8 @@ import itertools
 from typing import Any
 
 import pytest
-import responder_optout as optout
 
+import responder_plugins.optout as optout
 from responder import hookimpl
 from responder.cli import main
 from responder.config import ConfigError, Table

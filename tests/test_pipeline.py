@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from responder import hookimpl, pipeline, sender
+from responder import hookimpl, pipeline, sending
 from responder.models import PLATFORM_TZ, InboundSms, Reply, Veto
 from responder.store import IGNORED, PROCESSED, REPLIED
 from tests.conftest import config_dict
@@ -76,7 +76,7 @@ def test_the_queued_reply_is_sent_and_the_message_marked_replied(sandbox, tmp_pa
     app = make_app(config_dict(sandbox, tmp_path, keywords=RULES))
     message = app.store.journal(inbound("CX"))
     pipeline.process(app, message)
-    assert sender.send_due(app) == 1
+    assert sending.send_due(app) == 1
     assert [(s.numbers, s.text) for s in sandbox.sent()] == [(("13800138000",), "已受理")]
     assert app.store.message_state(message.id)[0] == REPLIED
 

@@ -12,7 +12,7 @@ import pytest
 
 from responder.logs import configure_logging
 from responder.models import Message
-from responder.plugins import DEFAULT_ENABLED, PluginHost
+from responder.plugin_host import DEFAULT_ENABLED, PluginHost
 from responder.testing import make_settings
 
 DROP_IN = """

@@ -15,7 +15,7 @@ import pytest
 
 from responder.app import build_app
 from responder.logs import configure_logging
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 from tests.conftest import offline_config, write_config
 
@@ -165,7 +165,7 @@ def test_responder_plugins_lists_a_plugin_found_twice_once(tmp_path, installed_h
 @pytest.mark.parametrize(
     ("plugins", "twice"),
     [
-        ({"modules": ["responder_keywords"]}, 1),
+        ({"modules": ["responder_plugins.keywords"]}, 1),
         ({"paths": ["plugins", "plugins/hello.py"]}, 1),
         ({"paths": ["plugins"]}, 0),
     ],

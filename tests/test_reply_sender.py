@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from responder import hookimpl, pipeline, sender
+from responder import hookimpl, pipeline, sending
 from responder.config import ConfigError, GatewaySettings, settings_from_dict
 from responder.models import Reply
 from tests.conftest import config_dict
@@ -61,7 +61,7 @@ def test_a_plugin_may_name_the_sender_of_its_reply(sandbox, tmp_path, make_app):
     app = make_app(data, extra_plugins=(("named", Named()),))
     message = app.store.journal(dataclasses.replace(inbound("hi"), dst="088800802"))
     pipeline.process(app, message)
-    sender.send_due(app)
+    sending.send_due(app)
     assert [s.sender for s in sandbox.sent()] == ["09"]
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from responder import hookimpl, sender
+from responder import hookimpl, sending
 from responder.config import ConfigError, settings_from_dict
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.store import (
@@ -121,7 +121,7 @@ def test_sends_left_in_flight_by_a_crash_follow_the_uncertain_policy(
     app.store.finish_message(message.id, outgoing=[OutgoingSms(("13800138000",), "ok")])
     [row] = app.store.due_outbox()
     app.store.claim_send(row.id)  # the process dies here, mid-request
-    assert sender.recover_in_flight(app) == 1
+    assert sending.recover_in_flight(app) == 1
     [after] = app.store.outbox_for(message.id)
     assert (after.state, after.uncertain) == (state, uncertain)
 
@@ -168,7 +168,7 @@ def test_after_send_hears_about_sends_recovered_after_a_crash(
     message = app.store.journal(sms())
     app.store.finish_message(message.id, outgoing=[OutgoingSms(("13800138000",), "ok")])
     app.store.claim_send(app.store.due_outbox()[0].id)
-    sender.recover_in_flight(app)
+    sending.recover_in_flight(app)
     assert seen == [status]
 
 
@@ -239,7 +239,7 @@ def test_a_version_2_store_migrates_keeping_ids_columns_and_replies(tmp_path):
         [row] = store.query("SELECT * FROM messages")
         assert tuple(row) == (
             41, 7, "13800138000", "0888008", "CX", "2026-11-26T09:00:00+08:00", "id=7", 1.5,
-            "processed", "", "keywords", 2.5, 1,
+            "processed", "", "keywords", 2.5, 1, "default", "",
         )  # fmt: skip
         [reply] = store.outbox_for(41)
         assert (reply.text, reply.sender) == ("已受理", "")

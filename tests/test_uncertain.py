@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from responder import pipeline, sender
+from responder import pipeline, sending
 from responder.cli import main
 from responder.metrics import store_figures
 from responder.models import PLATFORM_TZ, InboundSms
@@ -40,7 +40,7 @@ def test_a_send_lost_in_the_answer_and_not_resent_is_uncertain(
     message = app.store.journal(inbound())
     pipeline.process(app, message)
     sandbox.set_fault("drop_after_consume", endpoint="send", count=1)
-    sender.send_due(app)
+    sending.send_due(app)
     assert len(sandbox.sent()) == 1  # the gateway took it: only the answer was lost
     [row] = app.store.outbox_for(message.id)
     assert (row.state, row.uncertain) == (UNCERTAIN, 1)
@@ -52,7 +52,7 @@ def test_status_counts_uncertain_sends_apart_from_dead_letters(sandbox, tmp_path
     app = make_app(data)
     pipeline.process(app, app.store.journal(inbound()))
     sandbox.set_fault("drop_after_consume", endpoint="send", count=1)
-    sender.send_due(app)
+    sending.send_due(app)
     figures = store_figures(app.store)
     assert (figures.dead_letters, figures.uncertain) == (0, 1)
     assert figures.outbox == {UNCERTAIN: 1}
@@ -65,7 +65,7 @@ def test_responder_status_shows_uncertain_sends(sandbox, tmp_path, make_app, cap
     app = make_app(data)
     pipeline.process(app, app.store.journal(inbound()))
     sandbox.set_fault("drop_after_consume", endpoint="send", count=1)
-    sender.send_due(app)
+    sending.send_due(app)
     config = write_config(tmp_path / "config.toml", data)
     capsys.readouterr()
     main(["status", "-c", str(config), "--json"])

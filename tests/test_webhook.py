@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import responder_optout
-import responder_webhook as webhook
 
+import responder_plugins.optout
+import responder_plugins.webhook as webhook
 from responder import __version__, hookimpl, pipeline
 from responder.app import App
 from responder.commands import CommandRegistry
@@ -222,7 +222,7 @@ def test_documented_verification_example_accepts_a_real_request_and_rejects_repl
 
 def test_opted_out_comes_from_the_optout_list(hook_app, receiver) -> None:
     app = hook_app({"url": receiver.url()})
-    responder_optout.add_number(app, PHONE, message_id=None, source="manual", text="")
+    responder_plugins.optout.add_number(app, PHONE, message_id=None, source="manual", text="")
     receive(app, src=PHONE)
     receive(app, src=OTHER)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import certifi
 import pytest
-import responder_webhook as webhook
 
+import responder_plugins.webhook as webhook
 from responder.config import Table
 from responder.logs import Redactor
 

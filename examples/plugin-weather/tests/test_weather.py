@@ -10,7 +10,7 @@ import pytest
 
 from responder.app import build_app
 from responder.config import ConfigError
-from responder.plugins import PluginHost
+from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 
 FORECASTS = {"北京": "晴，12~25°C，北风3级", "上海": "小雨，18~22°C，东风2级"}

@@ -20,7 +20,7 @@ BATCH: Final = 20
 STALE: Final = "stale"
 """The reason a reply older than ``replies.max_age`` was dead-lettered with (it starts it)."""
 
-log = structlog.get_logger("responder.sender")
+log = structlog.get_logger("responder.sending")
 
 
 def backoff(app: App, attempt: int) -> float:

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpcore
 import httpx
-import responder_optout
 import structlog
 
+import responder_plugins.optout
 from responder import __version__
 from responder.gateway import error_reason
 from responder.logs import REDACTED, redactor
@@ -43,9 +43,8 @@ from responder.normalise import is_mobile
 from responder.pipeline import first_reply
 
 if TYPE_CHECKING:
-    from responder_webhook import Target, WebhookSettings
-
     from responder.app import App
+    from responder_plugins.webhook import Target, WebhookSettings
 
 log = structlog.get_logger("responder.webhook")
 
@@ -151,7 +150,7 @@ def opted_out(app: App, number: str) -> bool:
     """Whether the sender is on the opt-out list; False when the optout plugin is off."""
     if app.plugin_config("optout") is None:
         return False
-    return responder_optout.is_opted_out(app, number)
+    return responder_plugins.optout.is_opted_out(app, number)
 
 
 def request_body(app: App, message: Message, row: Row, target: Target) -> bytes:

@@ -2,7 +2,7 @@
 
 Configured as ``[[webhook.targets]]`` (see docs/webhooks.md). The observe hook only writes
 one delivery row per (message, target); a periodic job hands due rows to a small thread
-pool (responder_webhook_delivery), so a slow target never delays reading, processing,
+pool (responder_plugins.webhook_delivery), so a slow target never delays reading, processing,
 sending or another target. A ``mode = "reply"`` target answers the sender: this plugin's
 reply hook holds the message for it, and the target's answer (or, if the target fails
 for good, the other plugins' answer) is queued later with ``app.reply_later``.
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-import responder_webhook_delivery as delivery
 import structlog
 
+import responder_plugins.webhook_delivery as delivery
 from responder import hookimpl
 from responder.commands import CommandRegistry
 from responder.config import ConfigSection, Table, is_loopback_url, redact_url

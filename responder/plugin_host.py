@@ -39,16 +39,16 @@ from responder.store import StoreError
 
 PROJECT: Final = "responder"
 BUILTINS: Final = {
-    "keywords": "responder_keywords",
-    "optout": "responder_optout",
-    "guard": "responder_guard",
-    "webhook": "responder_webhook",
+    "keywords": "responder_plugins.keywords",
+    "optout": "responder_plugins.optout",
+    "guard": "responder_plugins.guard",
+    "webhook": "responder_plugins.webhook",
 }
 DEFAULT_ENABLED: Final = ("keywords", "optout", "guard", "webhook")
 LOAD_PLUGINS_ENV: Final = "RESPONDER_LOAD_PLUGINS"
 TRACE_ENV: Final = "RESPONDER_TRACE_HOOKS"
 
-log = structlog.get_logger("responder.plugins")
+log = structlog.get_logger("responder.plugin_host")
 
 
 @dataclass(frozen=True)
