@@ -13,6 +13,7 @@ hookimpl = pluggy.HookimplMarker("responder")
 
 # The imports come after __version__ and hookimpl, which the modules below import.
 from responder.app import App  # noqa: E402
+from responder.backoff import Backoff  # noqa: E402
 from responder.checks import reply_warnings  # noqa: E402
 from responder.commands import CommandRegistry  # noqa: E402
 from responder.config import (  # noqa: E402
@@ -21,6 +22,7 @@ from responder.config import (  # noqa: E402
     Table,
     is_loopback_url,
     redact_url,
+    resolve_secret,
 )
 from responder.gateway import error_reason  # noqa: E402
 from responder.models import (  # noqa: E402
@@ -43,21 +45,34 @@ from responder.normalise import (  # noqa: E402
     is_separator,
     normalise,
 )
+from responder.queue import DurableQueue, QueueCounts, QueueItem  # noqa: E402
+from responder.stash import OPTED_OUT, Stash, StashKey  # noqa: E402
+from responder.store import StatementError, StoreBackend, StoreError  # noqa: E402
 
 __all__ = [
     "MOBILE_PATTERN",
+    "OPTED_OUT",
     "PLATFORM_TZ",
     "App",
+    "Backoff",
     "CommandRegistry",
     "ConfigError",
     "ConfigSection",
     "Deferred",
     "Delivery",
+    "DurableQueue",
     "InboundSms",
     "Message",
+    "QueueCounts",
+    "QueueItem",
     "Reply",
     "SendResult",
+    "Stash",
+    "StashKey",
+    "StatementError",
     "StatusSection",
+    "StoreBackend",
+    "StoreError",
     "Table",
     "Veto",
     "__version__",
@@ -72,4 +87,5 @@ __all__ = [
     "normalise",
     "redact_url",
     "reply_warnings",
+    "resolve_secret",
 ]

@@ -31,7 +31,7 @@ from responder.gateway import (
 if TYPE_CHECKING:
     from responder.config import GatewaySettings
     from responder.models import Delivery
-    from responder.store import Store
+    from responder.store import StoreBackend
 
 META_KEY: Final = "account"
 REFUSED: Final = (AccountState.LOGIN_REFUSED, AccountState.SUSPENDED)
@@ -67,7 +67,7 @@ class AccountStatus:
         return asdict(self) | {"state": self.state.value}
 
     @classmethod
-    def load(cls, store: Store) -> AccountStatus:
+    def load(cls, store: StoreBackend) -> AccountStatus:
         """What the store holds; ok when nothing was saved yet (or it cannot be read)."""
         raw = store.get_meta(META_KEY)
         if not raw:
@@ -86,7 +86,7 @@ class AccountStatus:
         except (ValueError, KeyError, TypeError):
             return cls()
 
-    def save(self, store: Store) -> None:
+    def save(self, store: StoreBackend) -> None:
         store.set_meta(META_KEY, json.dumps(self.as_dict(), ensure_ascii=False))
 
 
@@ -99,7 +99,7 @@ class Account:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         settings: GatewaySettings,
         *,
         clock: Callable[[], float] = time.time,

@@ -12,9 +12,18 @@ import structlog
 
 from responder.config import ConfigError, Settings
 from responder.gateway import GatewayClient, ReadGate
+from responder.logs import redactor
 from responder.models import PLATFORM_TZ, Message, Reply, StatusSection
 from responder.plugin_host import PluginHost
-from responder.store import Store
+from responder.queue import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, Backoff, DurableQueue
+from responder.stash import Stash
+from responder.store import Store, StoreBackend
+
+LATE_REPLIES = "late-replies"
+"""The core's durable queue of late replies (``App.reply_later``)."""
+LATE_REPLY_BACKOFF = Backoff(initial=1.0, maximum=60.0, jitter=0.5)
+LATE_REPLY_ATTEMPTS = 5
+"""Tries to apply a late reply (a core bug, not a plugin's failure) before it is dead."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,8 @@ class App:
 
     Plugins use: ``settings``, ``store``, ``gateway``, ``log``, ``plugin_config(name)``,
     ``time()`` / ``now()`` (never the system clock directly, so tests can control
-    time), ``every(...)`` and ``reply_later(...)``. ``dry_run`` is true under
+    time), ``every(...)``, ``queue(...)``, ``reply_later(...)`` and
+    ``fallback_reply(...)``. ``dry_run`` is true under
     ``responder simulate`` and ``replay``: a plugin must then change nothing.
     """
 
@@ -37,7 +47,7 @@ class App:
         self,
         settings: Settings,
         *,
-        store: Store,
+        store: StoreBackend,
         gateway: GatewayClient,
         plugins: PluginHost,
         configs: Mapping[str, Any],
@@ -54,7 +64,20 @@ class App:
         self.jobs: list[PeriodicJob] = []
         self.on_queued: Callable[[], None] = lambda: None
         """Called after replies were queued, so the sender can start at once."""
+        self.on_enqueued: Callable[[str], None] = lambda name: None
+        """Called with a durable queue's name after an item became pending in it (the
+        daemon wakes the processing worker for "late-replies")."""
         self._configs = dict(configs)
+        self.stash = Stash()
+        """Plugins' state for the life of this app, by ``StashKey`` (see responder.stash)."""
+
+    def redact(self, *secrets: str) -> None:
+        """Hide these values (and their escaped and percent-encoded forms) in every log line.
+
+        For a plugin's own secrets (tokens, passwords, signing keys), from its startup; the
+        gateway password is hidden already. Empty values are ignored.
+        """
+        redactor.add_secrets([s for s in secrets if s], (self.settings.gateway.encoding,))
 
     def plugin_config(self, name: str) -> Any:
         """The settings object a plugin's ``ConfigSection(name, parse)`` returned."""
@@ -68,32 +91,99 @@ class App:
         """The app's clock as an aware datetime in platform time (Asia/Shanghai)."""
         return datetime.fromtimestamp(self.clock(), PLATFORM_TZ)
 
+    # -- threads and queues (see "Threads" in docs/plugins.md) ---------------------------
+
     def every(self, seconds: float, function: Callable[[], object], *, name: str) -> None:
-        """Run ``function`` every ``seconds`` on the daemon's scheduler (not under simulate)."""
+        """Run ``function`` every ``seconds`` on the daemon's plugin executor (its own
+        threads, never the read, process or send worker's); not under simulate. A run that
+        is still going when the next is due makes that one skip."""
         self.jobs.append(PeriodicJob(name=name, seconds=seconds, function=function))
 
-    def reply_later(self, message: Message, reply: Reply) -> bool:
-        """Answer a message after its processing ended (an answer that came later).
+    def queue(
+        self,
+        name: str,
+        *,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    ) -> DurableQueue:
+        """A durable queue of JSON payloads in the store, by name (use your plugin's name as
+        a prefix: "crm-sync"). Work it from an ``app.every`` job: ``claim``, then ``done``,
+        ``retry`` or ``dead`` for each item; see responder.queue. The core's queue
+        "late-replies" is not open to plugins (use ``reply_later``)."""
+        if name == LATE_REPLIES:
+            raise ValueError(f"the queue {LATE_REPLIES!r} is the core's: use app.reply_later")
+        return self._queue(name, backoff, max_attempts)
 
-        The reply goes through before-send, signature and splitting like any other.
-        Returns False when it was vetoed or empty.
+    def _queue(self, name: str, backoff: Backoff, max_attempts: int | None) -> DurableQueue:
+        return DurableQueue(
+            self.store,
+            name,
+            backoff,
+            self.clock,
+            max_attempts=max_attempts,
+            on_enqueue=lambda: self.on_enqueued(name),
+        )
+
+    @property
+    def late_replies(self) -> DurableQueue:
+        """The core's queue of late replies and fallback requests (``reply_later``)."""
+        return self._queue(LATE_REPLIES, LATE_REPLY_BACKOFF, LATE_REPLY_ATTEMPTS)
+
+    def reply_later(
+        self,
+        message: Message,
+        reply: Reply | None,
+        *,
+        skip: str = "",
+        key: str | None = None,
+    ) -> bool:
+        """Answer a message after its processing ended: an answer that came later, from any
+        thread. Returns True once it is queued durably (or was already, under ``key``).
+
+        The processing thread applies it before it takes the next message: before-send,
+        signature, splitting and the outbox, as for any reply; a veto or an empty answer is
+        recorded as the message's reason. ``reply=None`` with ``skip="<your plugin>"``
+        asks for a fallback instead: the other plugins' answer (``fallback_reply``), asked
+        on the processing thread. ``key`` makes the call idempotent (a plugin that may
+        repeat it after a crash passes the same key: it is queued once). Returns False,
+        queueing nothing, for an empty reply, a fallback without ``skip``, or under
+        ``dry_run``.
         """
         from responder.pipeline import queue_late_reply
 
-        return queue_late_reply(self, message, reply)
+        return queue_late_reply(self, message, reply, skip=skip, key=key)
+
+    def fallback_reply(self, message: Message, *, skip: str) -> Reply | None:
+        """What the plugins other than ``skip`` answer to ``message`` (the first reply, in
+        call order), or None. For the processing thread (a reply hook, or a late reply's
+        fallback applied there); from another thread use ``reply_later(message, None,
+        skip=...)``."""
+        pm = self.plugins.pm
+        skipped = pm.get_plugin(skip)
+        caller = pm.subset_hook_caller(
+            "responder_reply", remove_plugins=[skipped] if skipped is not None else []
+        )
+        result = caller(app=self, message=message)
+        return result if isinstance(result, Reply) else None
 
     def status_sections(self) -> list[StatusSection]:
         """What the plugins add to ``responder status`` and the metrics."""
         return [s for s in self.plugins.hook.responder_status(app=self) if s is not None]
 
+    owns_store: bool = False
+    """Whether ``close`` closes the store too: ``build_app`` opened it. A store passed to
+    ``build_app`` is closed by whoever opened it."""
+
     def close(self) -> None:
         self.gateway.close()
+        if self.owns_store:
+            self.store.close()
 
 
 def build_app(
     settings: Settings,
     *,
-    store: Store | None = None,
+    store: StoreBackend | None = None,
     clock: Callable[[], float] = time.time,
     dry_run: bool = False,
     extra_plugins: tuple[tuple[str, Any], ...] = (),
@@ -107,6 +197,7 @@ def build_app(
         structlog.get_logger("responder.plugin_host").warning(
             warning.event, plugin=warning.plugin, detail=warning.text
         )
+    owns_store = store is None
     store = store or Store(settings.store.path, clock=clock)
     timeout = settings.gateway.timeout
     gate = ReadGate(
@@ -118,7 +209,7 @@ def build_app(
         clock=clock,
     )
     gateway = GatewayClient(settings.gateway, read_gate=gate)
-    return App(
+    app = App(
         settings,
         store=store,
         gateway=gateway,
@@ -127,3 +218,5 @@ def build_app(
         clock=clock,
         dry_run=dry_run,
     )
+    app.owns_store = owns_store
+    return app

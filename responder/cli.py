@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,70 @@ def _quiet_logs(settings: Settings | None = None) -> None:
     )
 
 
+class CommandExit(Exception):
+    """Ends a command with ``code``: what went wrong was printed already."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class NoStore(Enum):
+    """What ``opened_app`` does when the configured store file does not exist yet."""
+
+    CREATE = "create"
+    """Make it (send, plugin commands)."""
+    IN_MEMORY = "in memory"
+    """Use an empty one in memory: no opt-outs, no history (simulate)."""
+    REFUSE = "refuse"
+    """Print why the command needs one, and exit 1 (status, replay)."""
+
+
+def _settings(args: argparse.Namespace, *, need_password: bool = False) -> Settings:
+    """The configuration of ``-c``, with the logs quiet and its secrets redacted from them;
+    CommandExit(2) after printing every problem."""
+    try:
+        settings = load_settings(_config_path(args), need_password=need_password)
+    except ConfigError as err:
+        raise CommandExit(_problems(err.problems)) from None
+    _quiet_logs(settings)
+    return settings
+
+
+@contextmanager
+def opened_app(
+    args: argparse.Namespace,
+    *,
+    need_password: bool = False,
+    dry_run: bool = True,
+    no_store: NoStore = NoStore.CREATE,
+    needs_store: str = "",
+) -> Iterator[App]:
+    """The app of the ``-c`` configuration with its store, both closed on the way out.
+
+    A configuration problem is printed and ends the command (CommandExit, exit 2); so
+    does a missing store under ``NoStore.REFUSE`` (exit 1, printing ``needs_store``).
+    ``dry_run``: plugins must change nothing (simulate, replay, status).
+    """
+    settings = _settings(args, need_password=need_password)
+    path = settings.store.path
+    if not path.exists() and no_store is NoStore.REFUSE:
+        print(f"{path}: no store yet: {needs_store}", file=sys.stderr)
+        raise CommandExit(1)
+    store = Store(":memory:" if not path.exists() and no_store is NoStore.IN_MEMORY else path)
+    try:
+        try:
+            app = build_app(settings, store=store, dry_run=dry_run)
+        except ConfigError as err:
+            raise CommandExit(_problems(err.problems)) from None
+        try:
+            yield app
+        finally:
+            app.close()
+    finally:
+        store.close()
+
+
 # -- commands --------------------------------------------------------------------------
 
 
@@ -94,11 +160,6 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     """One SMS by hand, through the before-send hooks, signature and splitting of a reply
     (``--raw``: exactly as given); every request is kept in the store (responder.manual)."""
-    try:
-        settings = load_settings(_config_path(args))
-    except ConfigError as err:
-        return _problems(err.problems)
-    _quiet_logs(settings)
     schedule = None
     if args.schedule:
         try:
@@ -110,15 +171,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not numbers:
         print("send: no recipient numbers", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        app = build_app(settings)
-    except ConfigError as err:
-        return _problems(err.problems)
-    try:
+    with opened_app(args, need_password=True, dry_run=False) as app:
         return _send_by_hand(app, args, numbers, schedule)
-    finally:
-        app.store.close()
-        app.close()
 
 
 def _send_by_hand(
@@ -131,6 +185,9 @@ def _send_by_hand(
     else:
         plan = manual.plan(app, numbers, args.message, sender=args.sender)
         manual.record_suppressed(app, plan, args.message)
+    if plan.problem:
+        print(f"send: {plan.problem}", file=sys.stderr)
+        return EXIT_CONFIG
     for item in plan.suppressed:
         print(f"suppressed: {item.number} ({item.reason})")
     if plan.truncated:
@@ -181,11 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreError as err:
         print(f"{path}: store.path: {err}", file=sys.stderr)
         return 1
-    # A thread still in a hung request would hold the interpreter open; what it did is
-    # committed or will be retried, so leave without waiting for it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # Daemon.stop joined the workers and jobs with their timeouts; a thread still in a hung
+    # request is a daemon thread, which does not hold the interpreter open.
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -194,32 +249,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(interval=args.interval)
 
 
-def _simulation_app(args: argparse.Namespace) -> tuple[App | None, int]:
-    try:
-        settings = load_settings(_config_path(args), need_password=False)
-    except ConfigError as err:
-        return None, _problems(err.problems)
-    _quiet_logs(settings)
-    path = settings.store.path
-    # Without a store yet (no opt-outs, no history), an empty one in memory will do.
-    store = Store(path if path.exists() else ":memory:")
-    try:
-        return build_app(settings, store=store, dry_run=True), 0
-    except ConfigError as err:
-        return None, _problems(err.problems)
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     from responder.simulation import print_outcome, simulate, simulate_file, simulated_message
 
     if args.file and args.text is not None:
         print("simulate: give a text or --file, not both", file=sys.stderr)
         return EXIT_CONFIG
-    app, code = _simulation_app(args)
-    if app is None:
-        return code
     texts = [args.text] if args.text is not None else None
-    try:
+    # Without a store yet (no opt-outs, no history), an empty one in memory will do.
+    with opened_app(args, no_store=NoStore.IN_MEMORY) as app:
         if args.file:
             return simulate_file(app, args, args.dst or _service_dst(app))
         if texts is None:
@@ -236,38 +274,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             else:
                 print_outcome(outcome)
         return 0
-    finally:
-        app.store.close()
-        app.close()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from responder.simulation import parse_since, replay
 
     try:
-        settings = load_settings(_config_path(args), need_password=False)
-    except ConfigError as err:
-        return _problems(err.problems)
-    _quiet_logs(settings)
-    try:
         since = parse_since(args.since)
     except ValueError:
         print(f"--since: must be a date such as 2026-11-01, got {args.since!r}", file=sys.stderr)
         return EXIT_CONFIG
-    if not settings.store.path.exists():
-        print(f"{settings.store.path}: no store yet: nothing to replay", file=sys.stderr)
-        return 1
-    store = Store(settings.store.path)
-    try:
-        app = build_app(settings, store=store, dry_run=True)
-    except ConfigError as err:
-        store.close()
-        return _problems(err.problems)
-    try:
+    with opened_app(args, no_store=NoStore.REFUSE, needs_store="nothing to replay") as app:
         return replay(app, since, args)
-    finally:
-        store.close()
-        app.close()
 
 
 def _service_dst(app: App) -> str:
@@ -297,22 +315,16 @@ def _age(moment: float | None, now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    with opened_app(args, no_store=NoStore.REFUSE, needs_store="the daemon has not run") as app:
+        return _print_status(app, args)
+
+
+def _print_status(app: App, args: argparse.Namespace) -> int:
     import time
 
-    try:
-        settings = load_settings(_config_path(args), need_password=False)
-    except ConfigError as err:
-        return _problems(err.problems)
-    _quiet_logs(settings)
-    if not settings.store.path.exists():
-        print(f"{settings.store.path}: no store yet: the daemon has not run", file=sys.stderr)
-        return 1
-    try:
-        app = build_app(settings, store=Store(settings.store.path), dry_run=True)
-    except ConfigError as err:
-        return _problems(err.problems)
     from responder.metrics import store_figures
 
+    settings = app.settings
     status = app.store.status()
     figures = store_figures(app.store)
     sections = app.status_sections()
@@ -363,8 +375,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"unhealthy: no successful read in the last {args.max_age:.0f} s")
         if refused:
             print(f"unhealthy: the account is {account.state.label}")
-    app.store.close()
-    app.close()
     return 1 if stale or refused else 0
 
 
@@ -390,11 +400,7 @@ def _account_lines(account: AccountStatus, settings: Settings, now: float) -> li
 
 def cmd_balance(args: argparse.Namespace) -> int:
     """The balance from getfee.aspx, times gateway.balance_scale; exit 1 when unknown."""
-    try:
-        settings = load_settings(_config_path(args))
-    except ConfigError as err:
-        return _problems(err.problems)
-    _quiet_logs(settings)
+    settings = _settings(args, need_password=True)
     with GatewayClient(settings.gateway) as client:
         try:
             balance = client.balance()
@@ -573,17 +579,8 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
 
 def _plugin_handler(command: Any) -> Any:
     def handler(args: argparse.Namespace) -> int:
-        try:
-            settings = load_settings(_config_path(args), need_password=False)
-            _quiet_logs(settings)
-            app = build_app(settings)
-        except ConfigError as err:
-            return _problems(err.problems)
-        try:
+        with opened_app(args, dry_run=False) as app:
             return command.run(app, args)
-        finally:
-            app.store.close()
-            app.close()
 
     return handler
 
@@ -597,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         return args.handler(args)
+    except CommandExit as ended:
+        return ended.code
     except KeyboardInterrupt:
         return 130
     except StoreError as err:

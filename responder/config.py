@@ -182,6 +182,15 @@ class Table:
         value = self._check_range(key, value, default, min, max, unit, secret=secret)
         return float(value) if value is not None else 0.0
 
+    def get_optional_float(
+        self, key: str, *, min: float | None = None, max: float | None = None, unit: str = ""
+    ) -> float | None:
+        """A number, or None when the key is absent (a setting that is off by default)."""
+        if key not in self.data:
+            self._read.add(key)
+            return None
+        return self.get_float(key, min=min, max=max, unit=unit)
+
     def _check_range(
         self,
         key: str,
@@ -553,7 +562,7 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
         login_retry=_account_interval(table, "login_retry", simulator),
         balance_check=_account_interval(table, "balance_check", simulator),
         balance_scale=_balance_scale(table),
-        low_balance=table.get_float("low_balance", None, min=0),
+        low_balance=table.get_optional_float("low_balance", min=0),
     )
     table.finish()
     return settings
@@ -609,35 +618,80 @@ def _simulator(table: Table, base_urls: tuple[str, ...]) -> bool:
 
 
 def _password(table: Table, environ: Mapping[str, str], needed: bool) -> str:
-    inline = table.get_str("password", "")
-    password_file = table.get_path("password_file", "")
-    if inline and password_file:
-        table.error("password", "set either gateway.password or gateway.password_file, not both")
-    if not needed:
-        return environ.get(PASSWORD_ENV) or inline
-    if environ.get(PASSWORD_ENV):
-        return environ[PASSWORD_ENV]
-    if inline:
-        return inline
-    if password_file is None and environ.get("CREDENTIALS_DIRECTORY"):
-        credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
-        if credential.exists():
-            password_file = credential
-    if password_file is not None:
-        try:
-            secret = password_file.read_text(encoding="utf-8").strip()
-        except OSError as err:
-            table.error("password_file", f"cannot read {str(password_file)!r}: {err.strerror}")
-            return ""
-        if not secret:
-            table.error("password_file", f"{str(password_file)!r} is empty")
-        return secret
-    table.error(
+    return resolve_secret(
+        table,
         "password",
-        "no password: set gateway.password, gateway.password_file, the systemd credential "
-        f"{CREDENTIAL_NAME!r} or the environment variable {PASSWORD_ENV}",
+        env=PASSWORD_ENV,
+        credential=CREDENTIAL_NAME,
+        environ=environ,
+        needed=needed,
     )
-    return ""
+
+
+def resolve_secret(
+    table: Table,
+    key: str,
+    *,
+    env: str = "",
+    credential: str = "",
+    environ: Mapping[str, str],
+    needed: bool = True,
+    min_length: int = 1,
+    advice: str = "",
+) -> str:
+    """A secret of a configuration table, from (first found) the environment variable
+    ``env``, the value of ``key``, the file named by ``<key>_file`` (relative to the
+    configuration file), or the systemd credential ``credential`` (``LoadCredential=``: a
+    file in $CREDENTIALS_DIRECTORY). The gateway password and webhook secrets are found
+    this way; so can a plugin's.
+
+    Problems go to ``table`` (collected with the others), naming the key and where the
+    secret came from, never its value: both ``key`` and ``<key>_file`` set, a file that
+    cannot be read, no secret anywhere, one shorter than ``min_length`` (``advice`` says
+    how to make a good one). ``needed=False`` (commands that never use it): only the
+    environment and the inline value are looked at, and a missing secret is no problem.
+    Returns "" after a problem.
+    """
+    file_key = f"{key}_file"
+    inline = table.get_str(key, "")
+    secret_file = table.get_path(file_key, "")
+    if inline and secret_file:
+        table.error(key, f"set either {table.dotted(key)} or {table.dotted(file_key)}, not both")
+    if not needed:
+        return (environ.get(env, "") if env else "") or inline
+    if env and environ.get(env):
+        secret, where, problem_key = environ[env], f"the environment variable {env}", key
+    elif inline:
+        secret, where, problem_key = inline, table.dotted(key), key
+    else:
+        path, where, problem_key = secret_file, f"the file {str(secret_file)!r}", file_key
+        if path is None and credential and environ.get("CREDENTIALS_DIRECTORY"):
+            found = Path(environ["CREDENTIALS_DIRECTORY"]) / credential
+            if found.exists():
+                path, where, problem_key = found, f"the systemd credential {credential!r}", key
+        if path is None:
+            ways = [table.dotted(key), table.dotted(file_key)]
+            ways += [f"the systemd credential {credential!r}"] if credential else []
+            ways += [f"the environment variable {env}"] if env else []
+            listed = f"{', '.join(ways[:-1])} or {ways[-1]}"
+            table.error(key, f"no {key.replace('_', ' ')}: set {listed}")
+            return ""
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            table.error(problem_key, f"cannot read {str(path)!r}: {err.strerror}")
+            return ""
+    if not secret:
+        table.error(problem_key, f"the {key.replace('_', ' ')} from {where} is empty")
+        return ""
+    if len(secret) < min_length:
+        table.error(
+            problem_key,
+            f"the {key.replace('_', ' ')} from {where} must be at least {min_length} characters,"
+            f" got {len(secret)}" + (f" ({advice})" if advice else ""),
+        )
+        return ""
+    return secret
 
 
 def _store(table: Table, environ: Mapping[str, str]) -> StoreSettings:

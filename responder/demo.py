@@ -105,11 +105,12 @@ def run_demo(interval: float = 0.5) -> int:
 def _print_transcript(daemon: Daemon) -> None:
     store = daemon.store
     assert store is not None
-    for message in store.messages_since(0):
+    for entry in store.journal_since(0):
+        message = entry.message
         print(f"→ {message.src}: {message.text}")
         rows = store.outbox_for(message.id)
         for row in rows:
             print(f"  ← {row.text}  [{row.plugin}, {row.state}]")
         if not rows:
-            _state, reason = store.message_state(message.id)
-            print(f"  (no reply: {reason})")
+            who = f" ({entry.decided_by})" if entry.decided_by else ""
+            print(f"  (no reply: {entry.reason}{who})")

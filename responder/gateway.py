@@ -29,7 +29,7 @@ from responder.protocol import (
     parse_read_result,
     parse_send_result,
 )
-from responder.text import SMS_LIMIT, make_encodable, split_parts
+from responder.text import SMS_LIMIT, make_encodable
 
 LONG_SMS_LIMIT: Final = 500
 CONNECT_TIMEOUT: Final = 5.0
@@ -371,17 +371,21 @@ class GatewayClient:
         schedule: datetime | None = None,
         sender: str | None = None,
     ) -> SendResult:
-        """Send one text to numbers; returns the merged result of every request made.
+        """Send one text to some numbers in exactly one request; returns the gateway's answer.
 
-        Texts longer than one SMS go through longsend when ``long_sms`` is on, otherwise
-        they are split into marked parts. More numbers than ``max_recipients`` go out in
-        several requests. Raises an AccountError (LoginError, AccountSuspended, OutOfCredit)
-        when the gateway refused the account, TransientError or OutcomeUnknown. Any other
-        refusal comes back as a result that is not ``ok``: ``classify`` it.
+        The caller composes (the pipeline makes one outbox row per part and batch of
+        numbers; ``responder send`` plans its requests the same way): at most
+        ``max_recipients`` numbers, and a text one request carries (``text_limit()``; a
+        text over one SMS goes through longsend when ``long_sms`` is on). ValueError
+        otherwise (``request_problem``). Raises an AccountError (LoginError,
+        AccountSuspended, OutOfCredit) when the gateway refused the account,
+        TransientError or OutcomeUnknown. Any other refusal comes back as a result that is
+        not ``ok``: ``classify`` it.
         """
         numbers = [n.strip() for n in numbers if n.strip()]
-        if not numbers:
-            raise ValueError("no recipient numbers")
+        problem = self.request_problem(numbers, text)
+        if problem:
+            raise ValueError(problem)
         text, replaced = make_encodable(text, self.settings.encoding)
         if replaced:
             log.warning(
@@ -390,22 +394,30 @@ class GatewayClient:
                 encoding=self.settings.encoding,
                 reason="the gateway encoding cannot carry them",
             )
-        parts = split_parts(text, limit=SMS_LIMIT) if len(text) > self.text_limit() else [text]
-        endpoint = "longsend.aspx" if len(text) > SMS_LIMIT and self.settings.long_sms else None
-        results = []
-        size = self.settings.max_recipients
-        for part in parts:
-            for start in range(0, len(numbers), size):
-                params = self._auth() | {
-                    "dst": ",".join(numbers[start : start + size]),
-                    "msg": part,
-                }
-                if schedule is not None:
-                    params["time"] = format_platform_time(schedule)
-                if sender or self.settings.sender:
-                    params["sender"] = sender if sender is not None else self.settings.sender
-                results.append(self._send_once(endpoint or "g70send.aspx", params))
-        return merge_results(results)
+        params = self._auth() | {"dst": ",".join(numbers), "msg": text}
+        if schedule is not None:
+            params["time"] = format_platform_time(schedule)
+        if sender or self.settings.sender:
+            params["sender"] = sender if sender is not None else self.settings.sender
+        endpoint = "longsend.aspx" if len(text) > SMS_LIMIT else "g70send.aspx"
+        return self._send_once(endpoint, params)
+
+    def request_problem(self, numbers: Sequence[str], text: str) -> str:
+        """Why one request cannot carry ``text`` to ``numbers`` ("" when it can)."""
+        numbers = [n for n in numbers if n.strip()]
+        if not numbers:
+            return "no recipient numbers"
+        if len(numbers) > self.settings.max_recipients:
+            return (
+                f"{len(numbers)} numbers, more than one request takes (gateway.max_recipients ="
+                f" {self.settings.max_recipients}): send them in batches"
+            )
+        if len(text) > self.text_limit():
+            return (
+                f"the text is {len(text)} characters, more than one request carries"
+                f" ({self.text_limit()}): split it into parts first"
+            )
+        return ""
 
     def _send_once(self, endpoint: str, params: dict[str, str]) -> SendResult:
         fields, raw = self._call(endpoint, params, sending=True)
@@ -516,25 +528,3 @@ class GatewayClient:
 def error_reason(err: Exception) -> str:
     """An httpx error's reason without its request (whose URL may carry a secret)."""
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-
-
-def merge_results(results: Sequence[SendResult]) -> SendResult:
-    """Several requests' results as one.
-
-    ``num`` is the total only when every request was accepted, else 0: ``ok`` means
-    everything went out. A number counts as accepted only if no request refused it.
-    """
-    if len(results) == 1:
-        return results[0]
-    refused = tuple(dict.fromkeys(n for r in results for n in r.refused))
-    accepted = tuple(dict.fromkeys(n for r in results for n in r.accepted if n not in set(refused)))
-    failed = [r for r in results if not r.ok]
-    worst = failed[0] if failed else results[-1]
-    return SendResult(
-        num=0 if failed else sum(r.num for r in results),
-        accepted=accepted,
-        refused=refused,
-        errid=worst.errid,
-        err=worst.err,
-        raw="\n".join(r.raw for r in results),
-    )

@@ -28,20 +28,6 @@ _NOISY_LOGGERS = {
 }
 
 
-class _SkippedRunFilter(logging.Filter):
-    """Drops APScheduler's note that a run was skipped because the last is still going.
-
-    The read, process and send jobs loop while there is work, so skipped ticks are the
-    design, not a fault.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "maximum number of running instances reached" not in record.getMessage()
-
-
-_skipped_run_filter = _SkippedRunFilter()
-
-
 _PLAIN = (bool, int, float, type(None))
 """Values rendered as they are, which cannot hold a secret string."""
 
@@ -188,9 +174,6 @@ def configure_logging(
     root.setLevel(level.upper())
     for name, floor in _NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(max(floor, root.level))
-    scheduler_logger = logging.getLogger("apscheduler.scheduler")
-    if _skipped_run_filter not in scheduler_logger.filters:
-        scheduler_logger.addFilter(_skipped_run_filter)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -2,8 +2,10 @@
 
 Each number goes through the before-send hooks (opt-out, the guard, your plugins) as a
 reply to it would; what is left gets the signature and is split like a reply, then goes
-to the gateway at once. Every request, and every number a hook suppressed, is kept in the
-store's ``sent_by_hand`` table. ``raw`` skips the hooks, the signature and the splitting.
+to the gateway at once, one request per part and batch of ``gateway.max_recipients``
+numbers, as the pipeline queues replies. Every request, and every number a hook
+suppressed, is kept in the store (``hand_sent_*``). ``raw`` skips the hooks, the
+signature and the splitting: a text one request cannot carry is refused.
 """
 
 from __future__ import annotations
@@ -24,31 +26,13 @@ log = structlog.get_logger("responder.send")
 
 PLUGIN: Final = "send"
 """The ``Reply.plugin`` of a hand-sent SMS, as before-send hooks see it."""
-_OWNER: Final = "responder.send"
-_SCHEMA: Final = (
-    "CREATE TABLE sent_by_hand ("
-    " id INTEGER PRIMARY KEY,"
-    " at REAL NOT NULL,"
-    " recipients TEXT NOT NULL,"
-    " text TEXT NOT NULL,"
-    " part INTEGER NOT NULL DEFAULT 1,"
-    " parts INTEGER NOT NULL DEFAULT 1,"
-    " raw INTEGER NOT NULL DEFAULT 0,"
-    " state TEXT NOT NULL,"
-    " reason TEXT NOT NULL DEFAULT '',"
-    " errid INTEGER,"
-    " result TEXT NOT NULL DEFAULT '')",
-)
-# States: "sending" (the request is under way, or the command died during it), "sent",
-# "refused" (the gateway answered num=0), "failed", "uncertain" (the answer was lost: it
-# may have gone out) and "suppressed" (a before-send hook kept the number out; reason).
 
 
 @dataclass(frozen=True)
 class Suppressed:
     number: str
     reason: str
-    """As stored for a vetoed reply: "optout: opted out"."""
+    """The veto's reason and who gave it, for people: "opted out (by optout)"."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +54,12 @@ class Plan:
     suppressed: tuple[Suppressed, ...]
     truncated: bool = False
     replaced: int = 0
+    problem: str = ""
+    """Why nothing can be sent as asked ("" when it can): a raw text too long for one SMS."""
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RequestOutcome:
     """One request's fate: the gateway's answer, or the error that stopped it."""
 
     request: Request
@@ -96,7 +82,8 @@ def plan(app: App, numbers: Sequence[str], text: str, *, sender: str | None) -> 
         reply = Reply(text=text, to=(number,), plugin=PLUGIN, sender=sender)
         checked = before_send(app, message, reply)
         if isinstance(checked, Veto):
-            suppressed.append(Suppressed(number, checked.reason))
+            by = f" (by {checked.plugin})" if checked.plugin else ""
+            suppressed.append(Suppressed(number, f"{checked.reason}{by}"))
             continue
         to = recipients(message, checked)
         if number not in to:
@@ -124,68 +111,46 @@ def raw_plan(app: App, numbers: Sequence[str], text: str, *, sender: str | None)
         numbers=len(numbers),
         reason="--raw: no before-send hooks (opt-out list, guard), no signature, no splitting",
     )
-    return Plan(requests=(Request(tuple(numbers), text, sender=sender),), suppressed=())
+    limit = app.gateway.text_limit()
+    if len(text) > limit:
+        problem = (
+            f"--raw: the text is {len(text)} characters, more than one SMS request carries"
+            f" ({limit}); without --raw it is split into parts"
+        )
+        return Plan(requests=(), suppressed=(), problem=problem)
+    size = app.settings.gateway.max_recipients
+    requests = tuple(
+        Request(tuple(numbers[start : start + size]), text, sender=sender)
+        for start in range(0, len(numbers), size)
+    )
+    return Plan(requests=requests, suppressed=())
 
 
 def record_suppressed(app: App, plan: Plan, text: str) -> None:
     """Keep the numbers a hook left out, with the reason."""
-    _create_table(app)
-    with app.store.transaction() as tx:
-        tx.executemany(
-            "INSERT INTO sent_by_hand (at, recipients, text, state, reason)"
-            " VALUES (?, ?, ?, 'suppressed', ?)",
-            [(app.time(), item.number, text, item.reason) for item in plan.suppressed],
-        )
+    if plan.suppressed:
+        app.store.hand_sent_suppressed(text, [(s.number, s.reason) for s in plan.suppressed])
 
 
 def send(
     app: App, request: Request, *, raw: bool = False, schedule: datetime | None = None
-) -> Outcome:
+) -> RequestOutcome:
     """Make one request, recorded before it leaves and updated with its outcome."""
-    _create_table(app)
-    with app.store.transaction() as tx:
-        row_id = tx.execute(
-            "INSERT INTO sent_by_hand (at, recipients, text, part, parts, raw, state)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'sending')",
-            (
-                app.time(),
-                ",".join(request.numbers),
-                request.text,
-                request.part,
-                request.parts,
-                int(raw),
-            ),
-        ).lastrowid
+    row_id = app.store.hand_sent_start(
+        request.numbers, request.text, part=request.part, parts=request.parts, raw=raw
+    )
     try:
         result = app.gateway.send(
             request.numbers, request.text, schedule=schedule, sender=request.sender
         )
     except GatewayError as err:
         state = "uncertain" if isinstance(err, OutcomeUnknown) else "failed"
-        _update(app, row_id, state, reason=str(err))
+        app.store.hand_sent_finish(row_id, state, reason=str(err))
         log.warning("manual_send_failed", numbers=len(request.numbers), error=str(err))
-        return Outcome(request, None, str(err))
+        return RequestOutcome(request, None, str(err))
     state = "sent" if result.ok else "refused"
-    _update(app, row_id, state, reason=result.err, errid=result.errid, result=result.raw)
+    app.store.hand_sent_finish(
+        row_id, state, reason=result.err, errid=result.errid, result=result.raw
+    )
     log.info("manual_sent", numbers=len(request.numbers), num=result.num, raw=raw)
-    return Outcome(request, result)
-
-
-def _create_table(app: App) -> None:
-    app.store.migrate(_OWNER, _SCHEMA)
-
-
-def _update(
-    app: App,
-    row_id: int | None,
-    state: str,
-    *,
-    reason: str,
-    errid: int | None = None,
-    result: str = "",
-) -> None:
-    with app.store.transaction() as tx:
-        tx.execute(
-            "UPDATE sent_by_hand SET state = ?, reason = ?, errid = ?, result = ? WHERE id = ?",
-            (state, reason, errid, result, row_id),
-        )
+    return RequestOutcome(request, result)

@@ -19,7 +19,7 @@ from responder import __version__
 from responder.account import AccountStatus
 from responder.config import ConfigError, Settings
 from responder.gateway import AccountState
-from responder.store import DEAD, PENDING, SENDING, SENT, UNCERTAIN, Store
+from responder.store import DEAD, PENDING, SENDING, StoreBackend
 
 if TYPE_CHECKING:
     from responder.app import App
@@ -59,25 +59,13 @@ class StoreFigures:
         return self.outbox.get(DEAD, 0)
 
 
-def store_figures(store: Store) -> StoreFigures:
+def store_figures(store: StoreBackend) -> StoreFigures:
     status = store.status()
-    unanswered: dict[str, int] = {}
-    for reason, count in status.reasons.items():
-        who = reason.split(":", 1)[0].strip() if ":" in reason else reason
-        unanswered[who] = unanswered.get(who, 0) + count
-    # Aliases unlike any column: GROUP BY binds a column first (outbox.result is the raw
-    # answer, distinct per row), which would give one group per row.
-    rows = store.query(
-        "SELECT CASE WHEN state IN (?, ?, ?) THEN state ELSE 'retrying' END AS send_result,"
-        " COALESCE(CAST(errid AS TEXT), '') AS last_errid, COUNT(*) AS n"
-        " FROM outbox WHERE attempts > 0 GROUP BY send_result, last_errid",
-        (SENT, DEAD, UNCERTAIN),
-    )
     return StoreFigures(
         messages=status.messages,
-        unanswered=unanswered,
+        unanswered=status.unanswered,
         outbox=status.outbox,
-        sends={(row["send_result"], row["last_errid"]): row["n"] for row in rows},
+        sends=status.sends,
         uncertain=status.uncertain_sends,
         last_read_ok_at=status.last_read_ok_at,
         last_read_at=status.last_read_at,

@@ -36,6 +36,8 @@ class Message:
     text: str
     received_at: datetime | None
     raw: str
+    account: str = "default"
+    """The gateway account it was read from (one, "default", until several are served)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Deferred:
 
     who: str
     """Who will answer, for status and logs: "webhook:crm"."""
+    plugin: str = ""
+    """The plugin that returned it; filled in by the core."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Veto:
     """Returned by a before-send hook to cancel an outgoing reply."""
 
     reason: str
+    """Why, as stored with the message (``messages.reason``) and shown by status: the
+    reason alone, without the plugin's name."""
+    plugin: str = ""
+    """The plugin that vetoed (``messages.decided_by``); filled in by the core."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import sqlite3
 from dataclasses import dataclass
 
 import structlog
@@ -15,7 +13,8 @@ import structlog
 from responder.app import App
 from responder.config import GatewaySettings
 from responder.gateway import LONG_SMS_LIMIT
-from responder.models import Message, Reply, Veto
+from responder.models import Deferred, Message, Reply, Veto
+from responder.queue import DurableQueue, QueueItem
 from responder.store import FAILED, OutgoingSms, StoreError, is_storage_failure
 from responder.text import SMS_LIMIT, clean_control, fit_parts, make_encodable
 
@@ -44,11 +43,18 @@ class Decision:
 
     message: Message
     dropped: str | None = None
+    """The reason of the filter that dropped it (the reason alone: see ``decided_by``)."""
     reply: Reply | None = None
-    """The winning reply, as the reply hook gave it."""
+    """The winning reply, as the reply hook gave it (``plugin`` filled in)."""
+    deferred: Deferred | None = None
+    """What the reply hook returned instead of a Reply, when someone answers later."""
     final: Reply | None = None
     """The reply after before-send; None when vetoed or there was none."""
     vetoed: str | None = None
+    """The reason of the Veto that cancelled the reply, or NO_RECIPIENT."""
+    decided_by: str = ""
+    """The plugin that dropped or vetoed it (``messages.decided_by``); "" otherwise, and
+    when the core did (NO_RECIPIENT)."""
     composed: Composed | None = None
 
     @property
@@ -58,12 +64,18 @@ class Decision:
             return self.dropped
         if self.vetoed:
             return self.vetoed
+        if self.deferred is not None:
+            return f"awaiting {self.deferred.who}"
         if self.reply is None:
             return "no reply"
         if not self.composed or not self.composed.parts:
-            deferred = dict(self.reply.meta).get("deferred")
-            return f"awaiting {deferred}" if deferred else "empty reply"
+            return "empty reply"
         return ""
+
+    @property
+    def answer(self) -> Reply | Deferred | None:
+        """The reply hook's winner, as observers see it."""
+        return self.deferred if self.deferred is not None else self.reply
 
 
 def compose(app: App, text: str) -> Composed:
@@ -106,71 +118,58 @@ def _without_signature_at_ends(text: str, signature: str) -> str:
 
 
 def before_send(app: App, message: Message, reply: Reply) -> Reply | Veto:
-    """Run the before-send hooks in order, each seeing the reply as changed so far."""
-    for plugin, function in app.plugins.implementations("responder_before_send"):
-        result = function(app=app, message=message, reply=reply)
-        if isinstance(result, Veto):
-            return Veto(f"{plugin}: {result.reason}")
-        if isinstance(result, Reply):
-            reply = result
-        elif result is not None:
-            log.warning(
-                "plugin_bad_result",
-                plugin=plugin,
-                hook="responder_before_send",
-                got=type(result).__name__,
-            )
-    return reply
+    """Run the before-send hooks through pluggy: the reply as they changed it, or the Veto
+    that stopped them (``Veto.plugin`` names who vetoed).
 
-
-def first_reply(app: App, message: Message, *, skip: str = "") -> Reply | None:
-    """The first reply the plugins give, in call order; ``skip`` names a plugin not to ask.
-
-    A plugin that answers later asks the others with ``skip`` set to itself, for a
-    fallback answer.
+    The implementations form a chain: each isolating proxy hands its implementation the
+    reply as changed so far (``CallState.chain``) and keeps the change; the core's
+    ``trylast`` implementation returns the result, so wrappers see (and may replace) the
+    final Reply or the Veto. A wrapper that returns None keeps the chain's reply.
     """
-    for plugin, function in app.plugins.implementations("responder_reply"):
-        if plugin == skip:
-            continue
-        result = function(app=app, message=message)
-        if result is None:
-            continue
-        if not isinstance(result, Reply):
-            log.warning(
-                "plugin_bad_result",
-                plugin=plugin,
-                hook="responder_reply",
-                got=type(result).__name__,
-            )
-            continue
-        return result if result.plugin else dataclasses.replace(result, plugin=plugin)
-    return None
+    state = app.plugins.calls.state
+    outer = state.chain  # a before-send call made from inside another one
+    state.chain = reply
+    try:
+        result = app.plugins.hook.responder_before_send(app=app, message=message, reply=reply)
+        changed = state.chain
+    finally:
+        state.chain = outer
+    return changed if result is None else result
 
 
-def _first_drop(app: App, message: Message) -> str | None:
-    for plugin, function in app.plugins.implementations("responder_filter"):
-        reason = function(app=app, message=message)
-        if reason:
-            return f"{plugin}: {reason}"
-    return None
+def answer(app: App, message: Message) -> Reply | Deferred | None:
+    """The reply hook's winner, through pluggy: the first Reply or Deferred in call order
+    (its ``plugin`` filled in), or None."""
+    return app.plugins.hook.responder_reply(app=app, message=message)
+
+
+def _first_drop(app: App, message: Message) -> tuple[str, str] | None:
+    """The first filter reason, through pluggy, and the plugin that gave it; None when
+    the message passes."""
+    state = app.plugins.calls.state
+    state.dropped_by = ""
+    reason = app.plugins.hook.responder_filter(app=app, message=message)
+    return (reason, state.dropped_by) if reason else None
 
 
 def decide(app: App, message: Message) -> Decision:
     """Ask the plugins about a message and compose the answer; commits nothing."""
     dropped = _first_drop(app, message)
     if dropped:
-        return Decision(message=message, dropped=dropped)
-    reply = first_reply(app, message)
-    if reply is None or not reply.text.strip():
-        return Decision(message=message, reply=reply)
-    checked = before_send(app, message, reply)
+        return Decision(message=message, dropped=dropped[0], decided_by=dropped[1])
+    won = answer(app, message)
+    if isinstance(won, Deferred):
+        return Decision(message=message, deferred=won)
+    if won is None or not won.text.strip():
+        return Decision(message=message, reply=won)
+    checked = before_send(app, message, won)
     if isinstance(checked, Veto):
-        return Decision(message=message, reply=reply, vetoed=checked.reason)
+        return Decision(
+            message=message, reply=won, vetoed=checked.reason, decided_by=checked.plugin
+        )
     if not recipients(message, checked):
-        return Decision(message=message, reply=reply, vetoed=NO_RECIPIENT)
-    return Decision(
-        message=message, reply=reply, final=checked, composed=compose(app, checked.text)
-    )
+        return Decision(message=message, reply=won, vetoed=NO_RECIPIENT)
+    return Decision(message=message, reply=won, final=checked, composed=compose(app, checked.text))
 
 
 def recipients(message: Message, reply: Reply) -> tuple[str, ...]:
@@ -240,7 +239,7 @@ def process(app: App, message: Message) -> Decision:
         return Decision(message=message)
     try:
         decision = decide(app, message)
-    except (StoreError, sqlite3.Error) as err:
+    except StoreError as err:
         _uncount_store_failure(app, message, err)
         raise  # the message stays unprocessed; the daemon stops on a store failure
     except Exception as err:  # a bug in the core must not stop the queue behind this message
@@ -252,25 +251,29 @@ def process(app: App, message: Message) -> Decision:
     queued = []
     try:
         app.plugins.hook.responder_observe(
-            app=app, message=message, reply=decision.reply, dropped=decision.dropped
+            app=app, message=message, reply=decision.answer, dropped=decision.dropped
         )
         if decision.final is not None and decision.composed is not None:
             queued = outgoing(app, message, decision.final, decision.composed)
             _warn_composition(bound, decision.composed)
+        won = decision.answer
         app.store.finish_message(
             message.id,
             outgoing=queued,
             reason=decision.reason,
-            plugin=decision.reply.plugin if decision.reply else "",
+            plugin=won.plugin if won is not None else "",
+            decided_by=decision.decided_by,
         )
-    except (StoreError, sqlite3.Error) as err:
+    except StoreError as err:
         _uncount_store_failure(app, message, err)
         raise
     if queued and decision.final is not None:
         bound.info("reply_queued", plugin=decision.final.plugin, parts=len(queued))
         app.on_queued()
     else:
-        bound.info("message_unanswered", reason=decision.reason)
+        bound.info(
+            "message_unanswered", reason=decision.reason, decided_by=decision.decided_by or None
+        )
     return decision
 
 
@@ -282,34 +285,130 @@ def _uncount_store_failure(app: App, message: Message, err: BaseException) -> No
         return
     try:
         app.store.uncount_attempt(message.id)
-    except (StoreError, sqlite3.Error) as again:
+    except StoreError as again:
         log.warning(
             "attempt_not_uncounted", message_id=message.id, error=f"{type(again).__name__}: {again}"
         )
 
 
-def queue_late_reply(app: App, message: Message, reply: Reply) -> bool:
-    """Queue an answer that arrived after the message was processed (``App.reply_later``)."""
-    if not reply.text.strip():
+def queue_late_reply(
+    app: App, message: Message, reply: Reply | None, *, skip: str = "", key: str | None = None
+) -> bool:
+    """Queue an answer that arrived after the message was processed, or a request for the
+    other plugins' answer (``reply=None``, ``skip`` set), durably (``App.reply_later``).
+
+    Safe from any thread: nothing but the queue is touched here; the processing thread
+    applies it (``apply_late_replies``)."""
+    if app.dry_run:
         return False
+    if reply is None:
+        if not skip:
+            raise ValueError("reply_later(message, None) needs skip=<the plugin not to ask>")
+        payload: dict[str, object] = {"message_id": message.id, "reply": None, "skip": skip}
+    elif not reply.text.strip():
+        return False
+    else:
+        payload = {"message_id": message.id, "reply": _reply_payload(reply), "skip": skip}
+    item = app.late_replies.enqueue(payload, key=key)
+    log.info(
+        "late_reply_queued",
+        message_id=message.id,
+        item=item.id,
+        fallback_for=skip if reply is None else None,
+        plugin=reply.plugin if reply is not None else None,
+    )
+    return True
+
+
+def apply_late_replies(app: App, limit: int = 1) -> int:
+    """Apply up to ``limit`` due late replies, on the processing thread; returns how many
+    were taken (0: none is due).
+
+    Each goes through before-send, signature and splitting, and its SMS are queued in the
+    same transaction that marks it done; a fallback request asks the other plugins first.
+    A failure of the core retries it with backoff (a dead letter after a few attempts); a
+    store failure propagates (the daemon stops; the item is recovered at the next start).
+    """
+    queue = app.late_replies
+    items = queue.claim(limit)
+    for item in items:
+        try:
+            _apply_late_reply(app, queue, item)
+        except StoreError:
+            raise
+        except Exception as err:
+            log.exception("late_reply_failed", item=item.id)
+            queue.retry(item, f"{type(err).__name__}: {err}")
+    return len(items)
+
+
+def _apply_late_reply(app: App, queue: DurableQueue, item: QueueItem) -> None:
+    try:
+        message_id = int(item.payload["message_id"])
+        skip = str(item.payload.get("skip") or "")
+        reply = _reply_from_payload(item.payload.get("reply"))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        queue.dead(item, f"not a late reply ({type(err).__name__}: {err})")
+        return
+    message = app.store.get_message(message_id)
+    if message is None:
+        queue.dead(item, f"message {message_id} is no longer in the store")
+        return
+    bound = log.bind(message_id=message.id, src=message.src, item=item.id)
+    if reply is None:
+        reply = app.fallback_reply(message, skip=skip)
+        if reply is None or not reply.text.strip():
+            bound.info("fallback_unanswered", fallback_for=skip)
+            app.store.note_reason(message.id, f"no reply from the other plugins (after {skip})")
+            queue.done(item)
+            return
     checked = before_send(app, message, reply)
-    bound = log.bind(message_id=message.id, src=message.src, plugin=reply.plugin)
+    bound = bound.bind(plugin=reply.plugin)
     if isinstance(checked, Veto):
         bound.info("reply_vetoed", reason=checked.reason)
-        app.store.note_reason(message.id, checked.reason)
-        return False
+        app.store.note_reason(message.id, checked.reason, decided_by=checked.plugin)
+        queue.done(item)
+        return
     if not recipients(message, checked):
         bound.info("reply_vetoed", reason=NO_RECIPIENT)
         app.store.note_reason(message.id, NO_RECIPIENT)
-        return False
+        queue.done(item)
+        return
     composed = compose(app, checked.text)
     if not composed.parts:
-        return False
+        bound.info("message_unanswered", reason="empty reply")
+        queue.done(item)
+        return
     _warn_composition(bound, composed)
-    app.store.add_replies(message.id, outgoing(app, message, checked, composed))
-    bound.info("reply_queued", parts=len(composed.parts))
+    queue.done_with_replies(item, message.id, outgoing(app, message, checked, composed))
+    bound.info("reply_queued", parts=len(composed.parts), late=True)
     app.on_queued()
-    return True
+
+
+def _reply_payload(reply: Reply) -> dict[str, object]:
+    return {
+        "text": reply.text,
+        "to": list(reply.to),
+        "plugin": reply.plugin,
+        "meta": [list(pair) for pair in reply.meta],
+        "sender": reply.sender,
+    }
+
+
+def _reply_from_payload(data: object) -> Reply | None:
+    """The Reply a late-reply item carries, or None for a fallback request."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError(f"reply is a {type(data).__name__}")
+    sender = data.get("sender")
+    return Reply(
+        text=str(data["text"]),
+        to=tuple(str(n) for n in data.get("to") or ()),
+        plugin=str(data.get("plugin") or ""),
+        meta=tuple((str(k), str(v)) for k, v in data.get("meta") or ()),
+        sender=None if sender is None else str(sender),
+    )
 
 
 def _warn_composition(bound: structlog.typing.FilteringBoundLogger, composed: Composed) -> None:

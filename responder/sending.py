@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from responder.app import App
+from responder.backoff import Backoff
 from responder.gateway import AccountError, OutcomeUnknown, TransientError, Verdict, classify
 from responder.models import Delivery, Reply, SendResult
 from responder.store import OutboxRow
@@ -23,11 +23,14 @@ STALE: Final = "stale"
 log = structlog.get_logger("responder.sending")
 
 
-def backoff(app: App, attempt: int) -> float:
-    """Seconds before the next attempt: exponential from retry_initial, capped, ±10% jitter."""
+JITTER: Final = 0.1
+"""The share of a send's backoff taken off at random (``Backoff.jitter``)."""
+
+
+def backoff(app: App) -> Backoff:
+    """The outbox's backoff: from ``replies.retry_initial``, doubling, at most ``retry_max``."""
     settings = app.settings.replies
-    delay = min(settings.retry_initial * 2 ** max(attempt - 1, 0), settings.retry_max)
-    return delay * random.uniform(0.9, 1.1)
+    return Backoff(initial=settings.retry_initial, maximum=settings.retry_max, jitter=JITTER)
 
 
 def recover_in_flight(app: App) -> int:
@@ -196,7 +199,7 @@ def _retry(
     app.store.record_retry(
         row.id,
         error=error,
-        retry_at=app.time() + backoff(app, attempt),
+        retry_at=app.time() + backoff(app).delay(attempt),
         raw=result.raw if result else "",
         errid=result.errid if result else None,
         uncertain=uncertain,

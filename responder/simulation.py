@@ -45,6 +45,8 @@ class Simulated:
     truncated: bool
     reason: str
     """Why nothing is sent (as the store records it), or "" when something is."""
+    decided_by: str = ""
+    """The plugin that dropped or vetoed it (as the store records it), or ""."""
 
     @property
     def labels(self) -> dict[str, str]:
@@ -63,6 +65,7 @@ class Simulated:
             "parts": list(self.parts),
             "truncated": self.truncated,
             "reason": self.reason,
+            "decided_by": self.decided_by or None,
         }
 
 
@@ -70,8 +73,9 @@ def _display_meta(app: App, decision: Decision) -> tuple[tuple[str, str], ...]:
     """The winning reply's labels, or what the plugins would make of the message if none won.
 
     A dropped message never reached the reply hook: it is asked anyway (plugins change
-    nothing under dry_run). When no plugin answers, the keyword rules say what the text
-    normalised to and that no rule matched.
+    nothing under dry_run). When no plugin answers, each plugin's ``responder_describe``
+    says what it makes of the message (the keyword rules: what the text normalised to,
+    and that no rule matched).
     """
     message = decision.message
     reply = decision.reply
@@ -80,28 +84,38 @@ def _display_meta(app: App, decision: Decision) -> tuple[tuple[str, str], ...]:
         reply = probe if isinstance(probe, Reply) else None
     if reply is not None:
         return reply.meta
-    if app.plugin_config("keywords") is None:
-        return ()
-    import responder_plugins.keywords  # a built-in, always installed; loaded when configured
+    return describe(app, message)
 
-    return responder_plugins.keywords.describe(app, message)
+
+def describe(app: App, message: Message) -> tuple[tuple[str, str], ...]:
+    """The plugins' ``responder_describe`` pairs, in call order, each label once."""
+    labels: dict[str, str] = {}
+    for result in app.plugins.hook.responder_describe(app=app, message=message):
+        try:
+            pairs = [(str(label), str(value)) for label, value in result or ()]
+        except (TypeError, ValueError):
+            continue  # not (label, value) pairs: nothing to show from that plugin
+        for label, value in pairs:
+            labels.setdefault(label, value)
+    return tuple(labels.items())
 
 
 def simulate(app: App, message: Message) -> Simulated:
     """Decide a message, commit nothing, and describe the outcome."""
     decision = decide(app, message)
-    reply, composed = decision.reply, decision.composed
+    won, composed = decision.answer, decision.composed
     return Simulated(
         text=message.text,
         src=message.src,
         dropped=decision.dropped,
-        plugin=reply.plugin if reply else None,
+        plugin=won.plugin if won else None,
         meta=_display_meta(app, decision),
         reply=decision.final.text if decision.final else None,
         vetoed=decision.vetoed,
         parts=composed.parts if composed else (),
         truncated=bool(composed and composed.truncated),
         reason=decision.reason,
+        decided_by=decision.decided_by,
     )
 
 
@@ -123,10 +137,10 @@ def print_outcome(outcome: Simulated) -> None:
     for key, value in outcome.meta:
         print(f"{key + ':':<9} {value}")
     if outcome.dropped:
-        print(f"dropped:  {outcome.dropped}")
+        print(f"dropped:  {outcome.dropped}{_by(outcome)}")
     print(f"plugin:   {outcome.plugin or '-'}")
     if outcome.vetoed:
-        print(f"vetoed:   {outcome.vetoed}")
+        print(f"vetoed:   {outcome.vetoed}{_by(outcome)}")
     if outcome.parts:
         print(f"reply:    {outcome.reply}")
         for index, part in enumerate(outcome.parts, start=1):
@@ -137,6 +151,10 @@ def print_outcome(outcome: Simulated) -> None:
         print(f"reply:    none ({outcome.reason})")
 
 
+def _by(outcome: Simulated) -> str:
+    return f" (by {outcome.decided_by})" if outcome.decided_by else ""
+
+
 def answer(outcome: Simulated) -> str:
     """An outcome in one cell: the SMS parts, or why there are none."""
     if outcome.parts:
@@ -144,7 +162,7 @@ def answer(outcome: Simulated) -> str:
     why = outcome.labels.get("why")
     if outcome.reason in ("empty reply", "no reply") and why:
         return f"(none: {why})"
-    return f"(none: {outcome.reason})"
+    return f"(none: {outcome.reason}{_by(outcome)})"
 
 
 def width(text: str) -> int:
@@ -249,17 +267,10 @@ def parse_since(text: str) -> float:
 
 def replay(app: App, since: float, args: argparse.Namespace) -> int:
     """Re-run stored messages through the current rules; print where answers would differ."""
-    arrived: dict[int, float] = dict(
-        (row[0], row[1])
-        for row in app.store.query(
-            "SELECT id, journaled_at FROM messages WHERE journaled_at >= ?", (since,)
-        )
-    )
+    entries = app.store.journal_since(since, account=None)
     rows, differing = [], 0
-    for message in app.store.messages_since(since):
-        moment = arrived.get(message.id)
-        if moment is None:  # journaled by a running daemon after the first query
-            continue
+    for entry in entries:
+        message, moment = entry.message, entry.journaled_at
         _set_clock(app, moment)
         outcome = simulate(app, message)
         sent = [row.text for row in app.store.outbox_for(message.id)]
@@ -285,7 +296,7 @@ def replay(app: App, since: float, args: argparse.Namespace) -> int:
     if not args.json:
         if rows:
             print_table(("id", "arrived", "from", "message", "sent", "would send now"), rows)
-        total = len(arrived)
+        total = len(entries)
         print(f"{total} message(s) since {args.since}: {differing} would be answered differently")
     return 0
 

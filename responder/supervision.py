@@ -2,7 +2,8 @@
 
 READY=1 goes out once the first gateway read has answered (or failed, with the reason
 in STATUS=). STATUS= is refreshed with live figures. WATCHDOG=1 pings come from a job
-on the daemon's own scheduler, and only while the read, process and send loops turn:
+on the core's executor of the daemon's scheduler (plugin jobs have their own, so none can
+starve it), and only while the read, process and send workers turn:
 a step stuck for longer than its budget withholds them, so systemd restarts a wedged
 daemon instead of trusting a thread that pings whatever happens.
 """
@@ -23,7 +24,7 @@ from responder.config import GatewaySettings
 from responder.gateway import AccountState
 from responder.logs import redactor
 from responder.notify import watchdog_seconds
-from responder.store import PENDING, SENDING, Store
+from responder.store import StoreBackend
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -125,14 +126,16 @@ class Supervisor:
     def wrap(self, name: str, step: Callable[[], bool]) -> Callable[[], bool]:
         return self.heartbeat.wrap(name, step)
 
-    def schedule(self, scheduler: BaseScheduler) -> None:
-        """Add the STATUS= job and, when systemd asked for one, the watchdog job."""
+    def schedule(self, scheduler: BaseScheduler, *, executor: str = "default") -> None:
+        """Add the STATUS= job and, when systemd asked for one, the watchdog job, on the
+        scheduler's ``executor`` (the core's, never the plugins')."""
         soon = datetime.now(UTC) + timedelta(seconds=STATUS_INTERVAL)
         scheduler.add_job(
             self.send_status,
             IntervalTrigger(seconds=STATUS_INTERVAL),
             id="supervision:status",
             next_run_time=soon,
+            executor=executor,
         )
         if self.watchdog is not None:
             scheduler.add_job(
@@ -140,6 +143,7 @@ class Supervisor:
                 IntervalTrigger(seconds=self.watchdog / 2),
                 id="supervision:watchdog",
                 next_run_time=datetime.now(UTC),
+                executor=executor,
             )
 
     def read_answered(self, result: str, reason: str = "") -> None:
@@ -265,12 +269,10 @@ class Supervisor:
         return "; ".join(parts)
 
 
-def today_and_depth(store: Store, now: datetime) -> tuple[int, int]:
+def today_and_depth(store: StoreBackend, now: datetime) -> tuple[int, int]:
     """Messages journaled since midnight (platform time) and SMS waiting to be sent."""
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    today = store.query("SELECT COUNT(*) FROM messages WHERE journaled_at >= ?", (midnight,))
-    depth = store.query("SELECT COUNT(*) FROM outbox WHERE state IN (?, ?)", (PENDING, SENDING))
-    return today[0][0], depth[0][0]
+    return store.count_journaled(midnight), store.outbox_depth()
 
 
 def account_problem(status: AccountStatus, settings: GatewaySettings) -> str:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from responder.models import Message, Reply
     from responder.pipeline import Decision
     from responder.sandbox import Sandbox, SentSms
-    from responder.store import Store
+    from responder.store import StoreBackend
 
 DEFAULT_SRC: Final = "13800138000"
 TEST_ACCOUNT: Final = ("test", "test-password")
@@ -122,7 +122,7 @@ class ResponderApp:
         self._ids = itertools.count(1)
 
     @property
-    def store(self) -> Store:
+    def store(self) -> StoreBackend:
         return self.app.store
 
     def message(self, text: str, *, src: str = DEFAULT_SRC, dst: str = "") -> Message:
@@ -168,7 +168,7 @@ class DaemonHarness:
         return self.daemon.app
 
     @property
-    def store(self) -> Store:
+    def store(self) -> StoreBackend:
         return self.app.store
 
     def inject(self, text: str, *, src: str = DEFAULT_SRC, dst: str | None = None) -> int:

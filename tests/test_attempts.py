@@ -3,14 +3,12 @@ the store's (a full disk), so a healthy message is answered once there is room a
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from responder import hookimpl, pipeline
 from responder.models import Reply
 from responder.pipeline import MAX_ATTEMPTS
-from responder.store import FAILED, PROCESSED
+from responder.store import FAILED, PROCESSED, StatementError, StoreError
 from tests.conftest import config_dict
 from tests.test_pipeline import inbound
 
@@ -55,8 +53,9 @@ def test_a_full_store_during_processing_does_not_count_as_an_attempt(sandbox, tm
     message = app.store.journal(inbound("CX"))
     fill_the_store(app)
     for _restart in range(MAX_ATTEMPTS + 1):  # the daemon stops on each; systemd restarts it
-        with pytest.raises(sqlite3.OperationalError, match="full"):
+        with pytest.raises(StoreError, match="full") as raised:
             pipeline.process(app, message)
+        assert not isinstance(raised.value, StatementError)
     assert attempts(app, message.id) == 0
 
 
@@ -68,7 +67,7 @@ def test_a_message_held_up_by_a_full_store_is_answered_once_there_is_room(
     message = app.store.journal(inbound("CX"))
     fill_the_store(app)
     for _restart in range(MAX_ATTEMPTS + 1):
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StoreError):
             pipeline.process(app, message)
     app.store.query(f"PRAGMA max_page_count = {NO_LIMIT}")
 
@@ -82,7 +81,7 @@ def test_a_plugin_query_bug_counts_and_the_message_is_set_aside(sandbox, tmp_pat
     app = make_app(config_dict(sandbox, tmp_path), extra_plugins=(("bad", BadQuery()),))
     message = app.store.journal(inbound("CX"))
     for _restart in range(MAX_ATTEMPTS):
-        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        with pytest.raises(StatementError, match="no such table"):
             pipeline.process(app, message)
     pipeline.process(app, message)
     assert app.store.message_state(message.id)[0] == FAILED

@@ -21,9 +21,11 @@ def replies_to(sandbox: Sandbox, number: str) -> list[str]:
     return [sms.text for sms in sandbox.sent() if number in sms.numbers]
 
 
-def outcomes(db) -> list[tuple[str, str, str]]:
+def outcomes(db) -> list[tuple[str, str, str, str]]:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT src, state, reason FROM messages ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT src, state, reason, decided_by FROM messages ORDER BY id"
+        ).fetchall()
 
 
 @pytest.fixture
@@ -51,7 +53,8 @@ def test_keywords_and_opt_out_through_the_daemon(sandbox, daemon, tmp_path):
     assert outcomes(tmp_path / "responder.db")[-1] == (
         "13800138001",
         "ignored",
-        "optout: opted out",
+        "opted out",
+        "optout",
     )
     assert len(replies_to(sandbox, "13800138001")) == 2
 
@@ -67,10 +70,13 @@ def test_an_opt_out_survives_a_daemon_restart(sandbox, tmp_path, daemons):
     sandbox.inject("13800138000", "CX")
     sandbox.inject("13900139000", "CX")
     wait_for(lambda: replies_to(sandbox, "13900139000"))
-    wait_for(
-        lambda: all(state != "received" for _s, state, _r in outcomes(tmp_path / "responder.db"))
+    wait_for(lambda: all(row[1] != "received" for row in outcomes(tmp_path / "responder.db")))
+    assert outcomes(tmp_path / "responder.db")[1] == (
+        "13800138000",
+        "ignored",
+        "opted out",
+        "optout",
     )
-    assert outcomes(tmp_path / "responder.db")[1] == ("13800138000", "ignored", "optout: opted out")
     assert replies_to(sandbox, "13800138000") == [optout.DEFAULT_CONFIRMATION]
     second.signal(signal.SIGTERM)
     assert second.wait() == 0

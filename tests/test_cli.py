@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from responder import __version__
+from responder.cli import main
+from responder.store import Store
 from tests.conftest import PASSWORD, config_dict, write_config
 
 ROOT = Path(__file__).parent.parent
@@ -187,3 +190,54 @@ def test_a_plugin_command_cannot_take_a_core_command_name():
     registry = CommandRegistry(reserved=("status",))
     with pytest.raises(ValueError, match="already taken"):
         registry.add("status", help="mine", run=lambda app, args: 0)
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """What this process holds open in ``folder`` (the store, its -wal and -shm files)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["simulate", "CX"],
+        ["replay", "--since", "2020-01-01"],
+        ["send", "13800138000", "-m", "hi"],
+        ["optout", "list"],  # a plugin's command
+    ],
+    ids=lambda command: command[0],
+)
+def test_each_command_closes_the_store_it_opened(sandbox, tmp_path, command, capsys):
+    store_folder = tmp_path / "state"
+    store_folder.mkdir()
+    data = config_dict(sandbox, tmp_path, keywords=RULES)
+    data["store"] = {"path": str(store_folder / "responder.db")}
+    config = write_config(tmp_path / "config.toml", data)
+    main(["send", "-c", str(config), "13800138000", "-m", "first"])  # makes the store
+
+    main([command[0], "-c", str(config), *command[1:]])
+
+    assert open_files_under(store_folder) == []
+
+
+def test_a_command_whose_plugin_config_is_bad_closes_the_store_too(sandbox, tmp_path, capsys):
+    store_folder = tmp_path / "state"
+    store_folder.mkdir()
+    data = config_dict(sandbox, tmp_path, keywords={"rules": "not a list"})
+    data["store"] = {"path": str(store_folder / "responder.db")}
+    Store(store_folder / "responder.db").close()
+    config = write_config(tmp_path / "config.toml", data)
+
+    assert main(["status", "-c", str(config)]) == 2
+
+    assert "keywords.rules" in capsys.readouterr().err
+    assert open_files_under(store_folder) == []

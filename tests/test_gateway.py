@@ -70,13 +70,34 @@ def test_invalid_gbk_bytes_in_a_message_are_replaced_and_kept_in_the_raw_line(sa
     assert "\\xff" in sms.raw
 
 
-def test_more_recipients_than_max_recipients_go_in_several_requests(sandbox, tmp_path):
-    numbers = [f"1380013{i:04d}" for i in range(7)]
+def test_a_send_is_exactly_one_request_at_the_limits(sandbox, tmp_path):
+    """max_recipients numbers and a full SMS: what the pipeline composes, sent as it is."""
+    numbers = [f"1380013{i:04d}" for i in range(3)]
     with client_for(sandbox, tmp_path, max_recipients=3) as client:
-        result = client.send(numbers, "hi")
-    assert [len(s.numbers) for s in sandbox.sent()] == [3, 3, 1]
-    assert result.num == 7
-    assert result.accepted == tuple(numbers)
+        result = client.send(numbers, "中" * 70)
+    [sent] = sandbox.sent()
+    assert sent.numbers == tuple(numbers) and sent.text == "中" * 70
+    assert result.num == 3 and result.accepted == tuple(numbers)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "text", "problem"),
+    [
+        ([f"1380013{i:04d}" for i in range(4)], "hi", "more than one request takes"),
+        (["13800138000"], "长" * 71, "more than one request carries"),
+        ([" ", ""], "hi", "no recipient numbers"),
+    ],
+)
+def test_a_send_one_request_cannot_carry_is_refused_before_any_request(
+    sandbox, tmp_path, numbers, text, problem
+):
+    """The client no longer splits texts or batches numbers: the caller composes."""
+    with (
+        client_for(sandbox, tmp_path, max_recipients=3) as client,
+        pytest.raises(ValueError, match=problem),
+    ):
+        client.send(numbers, text)
+    assert sandbox.sent() == []
 
 
 def test_refused_numbers_are_reported_without_empty_entries(sandbox, tmp_path):
@@ -85,16 +106,6 @@ def test_refused_numbers_are_reported_without_empty_entries(sandbox, tmp_path):
     assert result.ok
     assert result.accepted == ("13800138000",)
     assert result.refused == ("10086",)
-
-
-def test_a_long_text_is_split_into_marked_parts(sandbox, tmp_path):
-    text = "长" * 150
-    with client_for(sandbox, tmp_path) as client:
-        client.send(["13800138000"], text)
-    parts = [s.text for s in sandbox.sent()]
-    assert len(parts) == 3
-    assert all(len(p) <= 70 for p in parts)
-    assert parts[0].endswith("(1/3)") and parts[2].endswith("(3/3)")
 
 
 def test_a_long_text_goes_through_longsend_when_enabled(sandbox, tmp_path):
@@ -291,12 +302,3 @@ def test_the_password_never_appears_in_debug_logs(sandbox, tmp_path, method):
     assert httpx.QueryParams({"pwd": PASSWORD}).get("pwd") not in output
     for encoding in ("gbk", "utf-8"):
         assert str(httpx.QueryParams({"p": PASSWORD.encode(encoding)})) not in output
-
-
-def test_a_send_in_several_requests_is_ok_only_if_every_request_was(sandbox, tmp_path):
-    numbers = ["13800138000", "13800138001", "10086", "10010"]
-    with client_for(sandbox, tmp_path, max_recipients=2) as client:
-        result = client.send(numbers, "hi")
-    assert not result.ok
-    assert result.accepted == ("13800138000", "13800138001")
-    assert result.refused == ("10086", "10010")

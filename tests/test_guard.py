@@ -53,8 +53,8 @@ def settings(**values) -> guard.GuardSettings:
         ("10086", "0888008", {"mobile_only": False}, None),
         ("0888008", "0888008", {"mobile_only": False}, guard.OWN_NUMBER),
         ("13800138000", "0888008", {"own_numbers": ["+86 13800138000"]}, guard.OWN_NUMBER),
-        ("13800138000", "0888008", {"ignore": ["13800138000"]}, guard.IGNORED),
-        ("13800138000", "0888008", {"ignore": ["138*"]}, guard.IGNORED),
+        ("13800138000", "0888008", {"ignore": ["13800138000"]}, guard.ON_IGNORE_LIST),
+        ("13800138000", "0888008", {"ignore": ["138*"]}, guard.ON_IGNORE_LIST),
         ("13900138000", "0888008", {"ignore": ["138*"]}, None),
         ("447700900123", "0888008", {"mobile_pattern": r"1[3-9]\d{9}|44\d{10}"}, None),
     ],
@@ -67,11 +67,8 @@ def test_who_is_never_answered(src, dst, config, reason):
 def test_a_dropped_message_is_stored_with_its_reason(sandbox, tmp_path, make_app):
     app = make_app(config_dict(sandbox, tmp_path, keywords=RULES))
     decision = process(app, journal(app, "CX", src="10086"))
-    assert decision.dropped == "guard: not a mobile number"
-    assert app.store.message_state(decision.message.id) == (
-        "ignored",
-        "guard: not a mobile number",
-    )
+    assert (decision.dropped, decision.decided_by) == ("not a mobile number", "guard")
+    assert app.store.message_state(decision.message.id) == ("ignored", "not a mobile number")
 
 
 def test_replies_to_a_sender_are_limited_per_window(sandbox, tmp_path, make_app, clock):
@@ -82,7 +79,7 @@ def test_replies_to_a_sender_are_limited_per_window(sandbox, tmp_path, make_app,
         assert answered(app, f"CX {number}")
         clock.advance(60)
     decision = process(app, journal(app, "CX 5"))
-    assert decision.vetoed == "guard: rate limit"
+    assert (decision.vetoed, decision.decided_by) == ("rate limit", "guard")
     assert answered(app, "CX", src="13900139000")  # another sender is not limited
     clock.advance(600 - 4 * 60)  # the first reply leaves the window
     assert answered(app, "CX 6")
@@ -112,7 +109,7 @@ def test_the_same_text_again_and_again_stops_the_replies(sandbox, tmp_path, make
     assert answered(app, "cx 1")
     clock.advance(5)
     decision = process(app, journal(app, "ＣＸ 1。"))
-    assert decision.vetoed == "guard: ping-pong"
+    assert (decision.vetoed, decision.decided_by) == ("ping-pong", "guard")
     assert answered(app, "CX 2")  # another text is still answered
 
 
@@ -167,8 +164,8 @@ AUTO_REPLY = "您好，我正在开车，稍后给您回电。"
 @pytest.mark.parametrize(
     ("robot_texts", "most_sent", "reason"),
     [
-        (itertools.repeat(AUTO_REPLY), 2, "guard: ping-pong"),
-        ((f"[自动回复 {n}] {AUTO_REPLY}" for n in itertools.count()), 20, "guard: rate limit"),
+        (itertools.repeat(AUTO_REPLY), 2, "ping-pong"),
+        ((f"[自动回复 {n}] {AUTO_REPLY}" for n in itertools.count()), 20, "rate limit"),
     ],
     ids=["the same text", "a changing text"],
 )
@@ -189,7 +186,7 @@ def test_the_defaults_cut_a_loop_with_another_auto_responder(
             break  # ours stayed silent: the robot has nothing left to answer
         sent = now_sent
         assert sent <= most_sent, "the loop was not cut"
-    assert (sent, decision.vetoed) == (most_sent, reason)
+    assert (sent, decision.vetoed, decision.decided_by) == (most_sent, reason, "guard")
 
 
 class Relay:
@@ -213,7 +210,7 @@ def test_a_dry_run_is_limited_by_what_the_store_holds(sandbox, tmp_path, make_ap
     )
     assert decide(dry, simulated).composed is not None
     assert answered(live, "CX 1")
-    assert decide(dry, simulated).vetoed == "guard: rate limit"
+    assert decide(dry, simulated).vetoed == "rate limit"
 
 
 def test_status_counts_every_drop_by_reason(sandbox, tmp_path, make_app, clock):
@@ -229,6 +226,17 @@ def test_status_counts_every_drop_by_reason(sandbox, tmp_path, make_app, clock):
     assert figures["dropped: on the ignore list"] == 1
     assert figures["dropped: ping-pong"] == 0
     assert figures["dropped: total"] == 3
+
+
+def test_status_counts_drops_an_older_release_stored_as_plugin_colon_reason(
+    sandbox, tmp_path, make_app
+):
+    app = make_app(config_dict(sandbox, tmp_path, keywords=RULES))
+    for reason in ("guard: ping-pong", "guard: ping-pong", "other: ping-pong"):
+        message = journal(app, "CX", src="10086")
+        app.store.finish_message(message.id, outgoing=[], reason=reason)
+    figures = dict(guard.responder_status(app=app).figures)
+    assert (figures["dropped: ping-pong"], figures["dropped: total"]) == (2, 2)
 
 
 def test_status_shows_the_guard_section(sandbox, tmp_path, make_app):

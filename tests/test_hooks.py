@@ -18,7 +18,7 @@ from responder.app import build_app
 from responder.cli import build_parser
 from responder.commands import CommandRegistry
 from responder.config import ConfigError, ConfigSection, Table
-from responder.models import Reply, StatusSection, Veto
+from responder.models import Deferred, Reply, StatusSection, Veto
 from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 
@@ -130,16 +130,18 @@ class Echo:
     indirect=True,
 )
 @pytest.mark.parametrize(
-    ("text", "dropped"),
+    ("text", "dropped", "by"),
     [
-        ("AD!", "drop_ads: advertising"),
-        ("AD", "drop_short: too short"),  # registered last, asked first: its reason wins
-        ("hello", None),
+        ("AD!", "advertising", "drop_ads"),
+        ("AD", "too short", "drop_short"),  # registered last, asked first: its reason wins
+        ("hello", None, ""),
     ],
 )
-def test_hook_responder_filter_first_reason_wins_and_stops_the_reply(responder_app, text, dropped):
+def test_hook_responder_filter_first_reason_wins_and_stops_the_reply(
+    responder_app, text, dropped, by
+):
     decision = responder_app.decide(text)
-    assert decision.dropped == dropped
+    assert (decision.dropped, decision.decided_by) == (dropped, by)
     assert (decision.reply is None) == (dropped is not None)
 
 
@@ -183,6 +185,19 @@ def test_hook_responder_reply_empty_text_answers_with_silence(responder_app):
     assert decision.final is None
 
 
+class Crm:
+    @hookimpl
+    def responder_reply(self, message):
+        return Deferred("crm:desk") if message.text == "CX" else None
+
+
+@pytest.mark.parametrize("responder_plugins", [[("crm", Crm())]], indirect=True)
+def test_hook_responder_reply_deferred_wins_and_awaits_the_later_answer(responder_app):
+    decision = responder_app.decide("CX")
+    assert decision.deferred == Deferred("crm:desk", plugin="crm")
+    assert (decision.reply, decision.final, decision.reason) == (None, None, "awaiting crm:desk")
+
+
 # -- responder_observe ------------------------------------------------------------------
 
 
@@ -208,7 +223,7 @@ def test_hook_responder_observe_sees_answered_and_dropped_messages(responder_dae
     responder_daemon.wait_idle()
     assert AUDIT.seen == [
         ("CX", "yes, 9 to 5", None),
-        ("AD buy now", None, "drop_ads: advertising"),
+        ("AD buy now", None, "advertising"),
     ]
 
 
@@ -245,7 +260,7 @@ def test_hook_responder_before_send_each_sees_the_reply_as_changed_so_far(respon
 )
 def test_hook_responder_before_send_veto_cancels_the_reply(responder_app):
     decision = responder_app.decide("CX", src="13800138000")
-    assert decision.vetoed == "quiet: quiet hours"
+    assert (decision.vetoed, decision.decided_by) == ("quiet hours", "quiet")
     assert responder_app.simulate("CX", src="13800138001").text == "YES, 9 TO 5"
 
 
@@ -348,6 +363,25 @@ def test_hook_responder_check_collects_the_warnings_of_every_plugin(responder_ap
     from responder.checks import plugin_warnings
 
     assert plugin_warnings(responder_app.app) == ["<responder_config>: checker.text: looks odd"]
+
+
+# -- responder_describe -----------------------------------------------------------------
+
+
+class Explainer:
+    @hookimpl
+    def responder_describe(self, message):
+        return (("why", f"nothing for {message.text!r}"),)
+
+
+@pytest.mark.parametrize("responder_plugins", [[("explainer", Explainer())]], indirect=True)
+def test_hook_responder_describe_explains_an_unanswered_message_in_simulate(responder_app):
+    from responder.simulation import simulate
+
+    outcome = simulate(responder_app.app, responder_app.message("hello"))
+
+    assert outcome.reason == "no reply"
+    assert outcome.labels["why"] == "nothing for 'hello'"  # user plugins before built-ins
 
 
 # -- every hook has a test --------------------------------------------------------------

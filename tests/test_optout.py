@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 import responder_plugins.optout as optout
-from responder import hookimpl
+from responder import OPTED_OUT, hookimpl
 from responder.cli import main
 from responder.config import ConfigError, Table
 from responder.models import InboundSms, Message, Reply
-from responder.pipeline import decide, process
+from responder.pipeline import apply_late_replies, decide, process
 from tests.conftest import config_dict, write_config
 
 RULES = {"rules": [{"keywords": ["CX", "查询"], "reply": "已受理"}]}
@@ -131,8 +131,9 @@ def test_an_opt_out_is_confirmed_once_and_suppresses_later_replies(app):
     assert sent(app, "TD") == (CONFIRMATION,)
     assert optout.is_opted_out(app, CUSTOMER)
     decision = process(app, journal(app, "CX"))
-    assert decision.final is None and decision.vetoed == "optout: opted out"
-    assert app.store.message_state(decision.message.id) == ("ignored", "optout: opted out")
+    assert decision.final is None
+    assert (decision.vetoed, decision.decided_by) == ("opted out", "optout")
+    assert app.store.message_state(decision.message.id) == ("ignored", "opted out")
     assert sent(app, "退订") == ()
 
 
@@ -210,7 +211,7 @@ def test_a_third_party_reply_to_an_opted_out_number_is_vetoed(sandbox, tmp_path,
     assert sent(app, "TD") == (CONFIRMATION,)
     decision = process(app, journal(app, "hello again"))
     assert decision.reply.plugin == "thirdparty"
-    assert decision.vetoed == "optout: opted out"
+    assert (decision.vetoed, decision.decided_by) == ("opted out", "optout")
     # Observers still see the message, and can tell the number opted out.
     assert plugin.observed[-1] == ("hello again", True)
 
@@ -236,14 +237,17 @@ def test_a_late_reply_to_an_opted_out_number_is_vetoed(app):
     first = journal(app, "CX")
     process(app, first)
     sent(app, "TD")
-    assert app.reply_later(first, Reply(text="later", plugin="webhook")) is False
+    assert app.reply_later(first, Reply(text="later", plugin="webhook"))
+    apply_late_replies(app)  # as the processing thread does
+    assert [row.text for row in app.store.outbox_for(first.id)] == ["已受理"]
+    assert app.store.message_state(first.id)[1] == "opted out"
 
 
 def test_a_dropped_unsubscribe_message_is_still_recorded(sandbox, tmp_path, start_app):
     data = config_dict(sandbox, tmp_path, keywords=RULES, guard={"ignore": [CUSTOMER]})
     app = start_app(data)
     decision = process(app, journal(app, "TD"))
-    assert decision.dropped == "guard: on the ignore list"
+    assert (decision.dropped, decision.decided_by) == ("on the ignore list", "guard")
     assert optout.is_opted_out(app, CUSTOMER)
 
 
@@ -262,7 +266,7 @@ def test_a_dry_run_records_nothing_but_remembers_within_the_simulation(
     dry = make_app(data, dry_run=True)
     message = journal(live, "TD")
     assert decide(dry, message).composed.parts == (CONFIRMATION,)
-    assert decide(dry, journal(live, "CX")).vetoed == "optout: opted out"
+    assert decide(dry, journal(live, "CX")).vetoed == "opted out"
     assert not optout.is_opted_out(live, CUSTOMER)
     assert live.store.query("SELECT COUNT(*) FROM optout_numbers")[0][0] == 0
 
@@ -297,6 +301,19 @@ def test_status_counts_numbers_and_suppressed_replies(app):
     sent(app, "CX 2")
     section = optout.responder_status(app=app)
     assert dict(section.figures) == {"opted-out numbers": 1, "replies suppressed": 2}
+
+
+def test_other_plugins_ask_the_list_through_the_stash_without_importing_it(app):
+    ask = app.stash[OPTED_OUT]
+    assert not ask(CUSTOMER)
+    sent(app, "TD")
+    assert ask("+86 138 0013 8000")
+    assert not ask("13900139000")
+
+
+def test_the_stash_has_no_list_when_the_plugin_is_off(sandbox, tmp_path, start_app):
+    app = start_app(config_dict(sandbox, tmp_path, plugins={"disabled": ["optout"]}))
+    assert app.stash.get(OPTED_OUT, None) is None
 
 
 def test_resubscribe_words_may_not_repeat_unsubscribe_words(sandbox, tmp_path, make_app):

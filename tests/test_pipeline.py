@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 
 import pytest
 
 from responder import hookimpl, pipeline, sending
 from responder.models import PLATFORM_TZ, InboundSms, Reply, Veto
-from responder.store import IGNORED, PROCESSED, REPLIED
+from responder.store import IGNORED, PROCESSED, REPLIED, StoreError
 from tests.conftest import config_dict
 
 RULES = {"rules": [{"keywords": ["CX"], "reply": "已受理"}]}
@@ -51,6 +50,11 @@ class Raises:
     @hookimpl
     def responder_before_send(self, reply):
         raise RuntimeError("before-send bug")
+
+
+def decided_by(app, message_id: int) -> str:
+    """Who the store says decided the message's drop or veto."""
+    return app.store.query("SELECT decided_by FROM messages WHERE id = ?", (message_id,))[0][0]
 
 
 class Observer:
@@ -140,7 +144,8 @@ def test_a_veto_cancels_the_reply_and_records_who_and_why(sandbox, tmp_path, mak
     )
     message = app.store.journal(inbound("CX"))
     pipeline.process(app, message)
-    assert app.store.message_state(message.id) == (IGNORED, "quiet: quiet hours")
+    assert app.store.message_state(message.id) == (IGNORED, "quiet hours")
+    assert decided_by(app, message.id) == "quiet"
 
 
 def test_before_send_hooks_see_each_others_changes(sandbox, tmp_path, make_app):
@@ -175,8 +180,9 @@ def test_a_dropped_message_gets_no_reply_but_observers_see_it(sandbox, tmp_path,
     )
     message = app.store.journal(inbound("CX"))
     pipeline.process(app, message)
-    assert app.store.message_state(message.id) == (IGNORED, "block: blocked number")
-    assert observer.seen == [("CX", None, "block: blocked number")]
+    assert app.store.message_state(message.id) == (IGNORED, "blocked number")
+    assert decided_by(app, message.id) == "block"
+    assert observer.seen == [("CX", None, "blocked number")]
 
 
 @pytest.mark.parametrize(
@@ -264,8 +270,11 @@ def test_reply_later_goes_through_before_send(sandbox, tmp_path, make_app):
     app = make_app(config_dict(sandbox, tmp_path), extra_plugins=(("veto", Veto_()),))
     message = app.store.journal(inbound("hi"))
     pipeline.process(app, message)
-    assert app.reply_later(message, Reply(text="bad")) is False
+    assert app.reply_later(message, Reply(text="bad")) is True  # queued; judged when applied
     assert app.reply_later(message, Reply(text="good", plugin="late")) is True
+    assert app.store.outbox_for(message.id) == []  # nothing until the processing thread
+    while pipeline.apply_late_replies(app):
+        pass
     assert [r.text for r in app.store.outbox_for(message.id)] == ["good"]
 
 
@@ -275,13 +284,13 @@ def test_a_store_failure_inside_a_plugin_is_not_swallowed(sandbox, tmp_path, mak
     class BrokenStore:
         @hookimpl
         def responder_before_send(self, reply):
-            raise sqlite3.OperationalError("disk I/O error")
+            raise StoreError("disk I/O error")
 
     app = make_app(
         config_dict(sandbox, tmp_path, keywords=RULES), extra_plugins=(("broken", BrokenStore()),)
     )
     message = app.store.journal(inbound("CX"))
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreError):
         pipeline.process(app, message)
     assert app.store.message_state(message.id)[0] == "received"
     assert app.store.outbox_for(message.id) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import os
@@ -15,6 +16,7 @@ import pytest
 
 from responder import hookspecs
 from responder.app import build_app
+from responder.plugin_host import MESSAGE_HOOKS
 from responder.testing import make_settings
 
 DOC = Path(__file__).parent.parent / "docs" / "plugins.md"
@@ -59,12 +61,69 @@ def test_documented_signature_matches_the_hookspec(hook):
     assert names == list(inspect.signature(spec).parameters)
 
 
-@pytest.mark.parametrize("part", ["**Called**", "**Arguments:**", "**Returns**", "**Results:**"])
+@pytest.mark.parametrize(
+    "part", ["**Thread:**", "**Called**", "**Arguments:**", "**Returns**", "**Results:**"]
+)
 @pytest.mark.parametrize("hook", sorted(hookspec_names()))
 def test_every_hook_entry_says_when_what_and_how_results_combine(hook, part):
     entry = documented().get(hook, "")
     assert part in entry, f"docs/plugins.md: '## {hook}' lacks {part}"
     assert "@hookimpl" in entry, f"docs/plugins.md: '## {hook}' has no example"
+
+
+@pytest.mark.parametrize("hook", sorted(hookspec_names()))
+def test_every_hookspec_docstring_says_which_thread_calls_it(hook):
+    doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+    assert "Thread: " in doc, f"responder/hookspecs.py: {hook}'s docstring lacks 'Thread: ...'"
+
+
+def test_the_message_hooks_are_the_processing_thread_hooks():
+    on_processing_thread = {
+        hook
+        for hook in hookspec_names()
+        if "Thread: the processing thread only" in (inspect.getdoc(getattr(hookspecs, hook)) or "")
+    }
+    assert on_processing_thread == set(MESSAGE_HOOKS)
+
+
+PLUGGY_FEATURES = (
+    "wrapper",
+    "hookwrapper",
+    "specname",
+    "order",
+    "raising_implementation",
+    "raising_wrapper",
+)
+"""What pluggy does that the message hooks must honour; tests/test_pluggy_semantics.py has
+a ``test_<feature>_...`` test parametrized over its ``CASES`` for each."""
+
+
+def pluggy_feature_coverage() -> dict[str, set[str]]:
+    """For each feature, the message hooks its ``test_<feature>_...`` tests cover."""
+    module = importlib.import_module("tests.test_pluggy_semantics")
+    covered: dict[str, set[str]] = {feature: set() for feature in PLUGGY_FEATURES}
+    for name, function in vars(module).items():
+        if not name.startswith("test_"):
+            continue
+        hooks = {
+            value.hook
+            for mark in getattr(function, "pytestmark", [])
+            if mark.name == "parametrize"
+            for value in mark.args[1]
+            if isinstance(getattr(value, "hook", None), str)
+        }
+        for feature in PLUGGY_FEATURES:
+            if name.startswith(f"test_{feature}_"):
+                covered[feature] |= hooks
+    return covered
+
+
+@pytest.mark.parametrize("feature", PLUGGY_FEATURES)
+@pytest.mark.parametrize("hook", MESSAGE_HOOKS)
+def test_every_message_hook_has_a_test_of_each_pluggy_feature(hook, feature):
+    assert hook in pluggy_feature_coverage()[feature], (
+        f"tests/test_pluggy_semantics.py: no test_{feature}_... test covers {hook}"
+    )
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from responder.cli import main
-from responder.config import Table, redact_url
+from responder.config import Table, redact_url, resolve_secret, settings_from_dict
 from responder.daemon import Daemon
 from responder.logs import configure_logging
 from tests.conftest import config_dict, write_config
@@ -241,3 +241,94 @@ def test_an_ordinary_key_still_shows_the_value():
 )
 def test_redact_url_hides_the_login_and_the_query(url, shown):
     assert redact_url(url) == shown
+
+
+# --- one resolver for every secret: resolve_secret ---------------------------------------
+
+SECRET_VALUE = "s3cret-value-0123456789"
+
+
+def resolved(
+    tmp_path: Path, data: dict[str, Any], environ: dict[str, str], **options: Any
+) -> tuple[str, list[str]]:
+    problems: list[str] = []
+    table = Table(data, file=str(tmp_path / "c.toml"), prefix="plugin", problems=problems)
+    secret = resolve_secret(
+        table, "token", env="PLUGIN_TOKEN", credential="plugin-token", environ=environ, **options
+    )
+    return secret, problems
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "environ"),
+    [
+        ("environment", {"token": "inline-value-0123456"}, {"PLUGIN_TOKEN": SECRET_VALUE}),
+        ("inline value", {"token": SECRET_VALUE}, {}),
+        ("file, relative to the configuration", {"token_file": "token.txt"}, {}),
+        ("systemd credential", {}, {"CREDENTIALS_DIRECTORY": "creds"}),
+    ],
+)
+def test_resolve_secret_finds_a_secret_in_each_place_first_found_first(
+    tmp_path, source, data, environ
+):
+    (tmp_path / "token.txt").write_text(SECRET_VALUE + "\n", encoding="utf-8")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "plugin-token").write_text(SECRET_VALUE + "\n", encoding="utf-8")
+    environ = {
+        k: str(tmp_path / v) if k == "CREDENTIALS_DIRECTORY" else v for k, v in environ.items()
+    }
+
+    assert resolved(tmp_path, data, environ) == (SECRET_VALUE, [])
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "problem"),
+    [
+        (
+            {},
+            {},
+            "plugin.token: no token: set plugin.token, plugin.token_file, the systemd"
+            " credential 'plugin-token' or the environment variable PLUGIN_TOKEN",
+        ),
+        ({"token": "x", "token_file": "f"}, {}, "set either plugin.token or plugin.token_file"),
+        ({"token_file": "missing.txt"}, {}, "plugin.token_file: cannot read"),
+        (
+            {"token": "short-pw"},
+            {"min_length": 16, "advice": "openssl rand -hex 32"},
+            "plugin.token: the token from plugin.token must be at least 16 characters, got 8"
+            " (openssl rand -hex 32)",
+        ),
+    ],
+)
+def test_resolve_secret_names_the_key_and_never_the_value(tmp_path, data, options, problem):
+    _secret, problems = resolved(tmp_path, data, {}, **options)
+
+    assert any(problem in p for p in problems), problems
+    assert not any("short-pw" in p for p in problems)
+
+
+def test_resolve_secret_not_needed_reads_no_file_and_misses_nothing(tmp_path):
+    assert resolved(tmp_path, {"token_file": "missing.txt"}, {}, needed=False) == ("", [])
+
+
+def test_the_gateway_password_and_webhook_secrets_share_the_resolver(tmp_path, monkeypatch):
+    """Same places, same order, same wording: a credential file for each."""
+    (tmp_path / "gateway-password").write_text("from-the-credential\n", encoding="utf-8")
+    (tmp_path / "webhook-crm-secret").write_text(SECRET_VALUE + "\n", encoding="utf-8")
+    data = config_dict(_NoSandbox(), tmp_path, webhook={"targets": [{**HOOK}]})
+    del data["gateway"]["password"]
+    del data["webhook"]["targets"][0]["secret"]
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    settings = settings_from_dict(data, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    from responder.app import build_app
+
+    app = build_app(settings, dry_run=True)
+    try:
+        assert settings.gateway.password == "from-the-credential"
+        assert app.plugin_config("webhook").targets[0].secret == SECRET_VALUE
+    finally:
+        app.close()
+
+
+class _NoSandbox:
+    url = "http://127.0.0.1:9"

@@ -37,7 +37,7 @@ def recorded(tmp_path) -> list[tuple[str, str, str]]:
 def test_an_opted_out_number_is_suppressed_and_said_so(sandbox, config, opted_out, capsys):
     assert main(["send", "-c", config, OPTED_OUT, CUSTOMER, "-m", "您的快件已到"]) == 0
     out = capsys.readouterr().out
-    assert f"suppressed: {OPTED_OUT} (optout: opted out)" in out
+    assert f"suppressed: {OPTED_OUT} (opted out (by optout))" in out
     assert "accepted: 13900139000" in out
     assert [sms.numbers for sms in sandbox.sent()] == [(CUSTOMER,)]
 
@@ -76,7 +76,25 @@ def test_every_request_and_suppression_is_kept_in_the_store(sandbox, config, opt
     assert main(["send", "-c", config, OPTED_OUT, CUSTOMER, "-m", "您的快件已到"]) == 0
     assert main(["send", "-c", config, "10086", "-m", "hi", "--raw"]) == 1
     assert recorded(tmp_path) == [
-        (OPTED_OUT, "suppressed", "optout: opted out"),
+        (OPTED_OUT, "suppressed", "opted out (by optout)"),
         (CUSTOMER, "sent", "发送成功"),
         ("10086", "refused", "发送失败"),
     ]
+
+
+def test_raw_sends_more_numbers_than_max_recipients_in_batches(sandbox, tmp_path):
+    data = config_dict(sandbox, tmp_path, gateway={"max_recipients": 2})
+    config = str(write_config(tmp_path / "batches.toml", data))
+    numbers = [f"1390013{i:04d}" for i in range(5)]
+    assert main(["send", "-c", config, *numbers, "-m", "通知", "--raw"]) == 0
+    assert [sms.numbers for sms in sandbox.sent()] == [
+        tuple(numbers[0:2]),
+        tuple(numbers[2:4]),
+        tuple(numbers[4:]),
+    ]
+
+
+def test_raw_refuses_a_text_longer_than_one_request_and_sends_nothing(sandbox, config, capsys):
+    assert main(["send", "-c", config, CUSTOMER, "-m", "长" * 71, "--raw"]) == 2
+    assert "more than one SMS request carries (70)" in capsys.readouterr().err
+    assert sandbox.sent() == []

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from responder import hookimpl
 from responder.cli import main
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.pipeline import process
@@ -64,7 +65,7 @@ def test_a_dropped_message_still_shows_the_normalised_text_and_rule(config, caps
     code, out = run(capsys, "simulate", "-c", config, "--from", "10086", "--json", "ＣＸ 1")
     assert code == 0
     record = json.loads(out)
-    assert record["dropped"] == "guard: not a mobile number"
+    assert (record["dropped"], record["decided_by"]) == ("not a mobile number", "guard")
     assert record["meta"]["normalised"] == "cx 1" and record["meta"]["rule"] == "query"
     assert record["parts"] == []
 
@@ -73,7 +74,7 @@ def test_a_vetoed_message_shows_the_vetoing_plugin_and_the_rule(config, capsys):
     run(capsys, "optout", "add", "13800138000", "-c", config)
     code, out = run(capsys, "simulate", "-c", config, "CX")
     assert code == 0
-    assert "vetoed:   optout: opted out" in out
+    assert "vetoed:   opted out (by optout)" in out
     assert "rule:     query" in out and "normalised: cx" in out
 
 
@@ -83,6 +84,47 @@ def test_an_unmatched_message_shows_its_normalised_text(sandbox, tmp_path, capsy
     record = json.loads(run(capsys, "simulate", "-c", config, "--json", "ＨＥＬＬＯ！")[1])
     assert record["meta"] == {"normalised": "hello", "rule": "none", "why": "no rule matched"}
     assert (record["plugin"], record["reason"], record["parts"]) == (None, "no reply", [])
+
+
+class Explains:
+    """A third-party plugin that explains itself in simulate, one label clashing."""
+
+    @hookimpl
+    def responder_describe(self, message):
+        return (("rule", "explains: nothing for this"), ("explains", f"saw {message.text!r}"))
+
+
+class Mute:
+    @hookimpl
+    def responder_describe(self):
+        return None
+
+
+def test_every_plugin_describes_an_unanswered_message_first_label_wins(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, keywords={"rules": RULES["rules"]})
+    app = make_app(data, dry_run=True, extra_plugins=(("explains", Explains()), ("mute", Mute())))
+    sms = InboundSms(gateway_id=0, src="13800138000", dst="", text="hi", received_at=None, raw="")
+    message = app.store.journal(sms)
+    assert message is not None
+
+    meta = simulate(app, message).meta
+
+    assert meta == (
+        ("rule", "explains: nothing for this"),
+        ("explains", "saw 'hi'"),
+        ("normalised", "hi"),
+        ("why", "no rule matched"),
+    )
+
+
+def test_without_the_keyword_plugin_nothing_describes_the_message(sandbox, tmp_path, make_app):
+    data = config_dict(sandbox, tmp_path, plugins={"disabled": ["keywords"]})
+    app = make_app(data, dry_run=True)
+    sms = InboundSms(gateway_id=0, src="13800138000", dst="", text="hi", received_at=None, raw="")
+    message = app.store.journal(sms)
+    assert message is not None
+
+    assert simulate(app, message).meta == ()
 
 
 @pytest.mark.parametrize(
@@ -130,7 +172,7 @@ def test_simulate_file_runs_a_conversation(config, tmp_path, capsys):
     assert lines[0].split() == ["line", "from", "message", "rule", "answer"]
     assert "您好，您的查询已受理。123" in lines[2]
     assert "optout unsubscribe" in lines[3]
-    assert "(none: optout: opted out)" in lines[4]
+    assert "(none: opted out (by optout))" in lines[4]
     assert "hello, anyone there?" in lines[5] and "请回复 CX 查询" in lines[5]
     assert "(none: no rule matched; a fallback went to this number less than 3600 s" in lines[6]
 

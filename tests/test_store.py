@@ -8,10 +8,12 @@ import sqlite3
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from responder import hookimpl, sending
+from responder.app import build_app
 from responder.config import ConfigError, settings_from_dict
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.store import (
@@ -26,10 +28,12 @@ from responder.store import (
     UNCERTAIN,
     JournalUnwritable,
     OutgoingSms,
+    StatementError,
     Store,
     StoreError,
 )
-from tests.conftest import config_dict
+from tests.conftest import config_dict, offline_config
+from tests.test_cli import open_files_under
 
 
 def sms(gateway_id: int = 1, text: str = "CX") -> InboundSms:
@@ -144,7 +148,7 @@ def test_finishing_a_finished_message_queues_nothing_more(store):
 
 
 def test_a_failed_transaction_leaves_the_connection_usable(store):
-    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+    with pytest.raises(StatementError), store.transaction() as tx:
         tx.execute("INSERT INTO meta (key, value) VALUES ('k', NULL)")
     store.set_meta("k", "v")
     assert store.get_meta("k") == "v"
@@ -254,7 +258,7 @@ def test_foreign_keys_still_hold_after_the_migration(tmp_path):
     store = Store(tmp_path / "responder.db")
     try:
         with (
-            pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"),
+            pytest.raises(StatementError, match="FOREIGN KEY"),
             store.transaction() as tx,
         ):
             tx.execute(
@@ -499,3 +503,50 @@ def test_a_bad_keep_days_is_a_config_error_naming_the_key(sandbox, tmp_path, val
     data = config_dict(sandbox, tmp_path, store={"keep_days": value})
     with pytest.raises(ConfigError, match=rf"store\.keep_days: .*{problem}"):
         settings_from_dict(data, environ={})
+
+
+# -- whoever opens the store closes it -----------------------------------------------------
+
+
+def test_an_app_closes_the_store_build_app_opened(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    settings = settings_from_dict(
+        offline_config(tmp_path, store={"path": str(folder / "responder.db")}), environ={}
+    )
+    app = build_app(settings, dry_run=True)
+    app.store.set_meta("touched", "1")  # a connection, and the -wal and -shm files, open
+
+    app.close()
+
+    assert open_files_under(folder) == []
+
+
+def test_an_app_leaves_open_a_store_passed_in_for_its_opener_to_close(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    settings = settings_from_dict(
+        offline_config(tmp_path, store={"path": str(folder / "responder.db")}), environ={}
+    )
+    store = Store(settings.store.path)
+    app = build_app(settings, store=store, dry_run=True)
+    app.close()
+
+    store.set_meta("still", "open")
+    assert store.get_meta("still") == "open"
+    store.close()
+    assert open_files_under(folder) == []
+
+
+def test_no_code_outside_the_store_uses_sqlite3():
+    """The store wraps SQLite's errors in StoreError: nothing else imports or catches them,
+    so a second backend needs no change outside responder/store/."""
+    root = Path(__file__).parent.parent
+    sources = [*(root / "responder").rglob("*.py"), *(root / "plugins").rglob("*.py")]
+    using = [
+        str(path.relative_to(root))
+        for path in sources
+        if "store" not in path.relative_to(root).parts[1:2]
+        and "sqlite3" in path.read_text(encoding="utf-8")
+    ]
+    assert using == []

@@ -63,7 +63,11 @@ def test_no_section_means_no_targets() -> None:
         ({"url": "https://u:pw@crm.example.com/"}, "url", "must not carry a login"),
         ({"secret": None}, "secret", "RESPONDER_WEBHOOK_CRM_SECRET"),
         ({"secret": "short"}, "secret", "at least 16 characters, got 5"),
-        ({"secret_file": "/x"}, "secret", "either secret or secret_file"),
+        (
+            {"secret_file": "/x"},
+            "secret",
+            "either webhook.targets[0].secret or webhook.targets[0].secret_file",
+        ),
         ({"mode": "both"}, "mode", "must be one of 'relay', 'reply'"),
         ({"timeout": 0}, "timeout", "must be at least 0.1 seconds"),
         ({"timeout": "5"}, "timeout", "must be a number"),
@@ -239,9 +243,9 @@ def test_no_secret_names_every_place_it_may_come_from(tmp_path) -> None:
     _settings, problems = parse(target, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
     assert problems == [
-        f"{FILE}: webhook.targets[0].secret: no secret: set secret, secret_file, the systemd "
-        "credential 'webhook-crm-secret' or the environment variable "
-        "RESPONDER_WEBHOOK_CRM_SECRET"
+        f"{FILE}: webhook.targets[0].secret: no secret: set webhook.targets[0].secret, "
+        "webhook.targets[0].secret_file, the systemd credential 'webhook-crm-secret' or the "
+        "environment variable RESPONDER_WEBHOOK_CRM_SECRET"
     ]
 
 

@@ -7,34 +7,41 @@ stops a ping-pong with another auto-responder (the same text again and again, in
 The defaults let a customer walk through a menu (20 replies per 10 minutes) and cut a loop
 with another auto-responder at its third identical message. Every drop
 is logged and counted in ``responder status``; the store reads it back from the
-messages' reasons, so nothing here writes to the store.
+messages' reasons (``store.counts_by_reason``), so nothing here writes to the store.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from responder import hookimpl
-from responder.config import ConfigSection, Table
-from responder.models import Message, Reply, StatusSection, Veto
-from responder.normalise import MOBILE, MOBILE_PATTERN, canonical_number, compact_number, normalise
+from responder import (
+    MOBILE_PATTERN,
+    App,
+    ConfigSection,
+    Message,
+    Reply,
+    StatusSection,
+    Table,
+    Veto,
+    canonical_number,
+    compact_number,
+    hookimpl,
+    normalise,
+)
 
 PLUGIN: Final = "guard"
-_LATE_REPLY_SLACK: Final = 86400.0
-"""How long before a window a message may have been received and still be answered in it."""
-_NEVER_STORED: Final = 2**63 - 1
-"""The id bound for a simulated message (id 0): every stored message came before it."""
+MOBILE: Final = re.compile(MOBILE_PATTERN)
 
-# Reasons, stored as "guard: <reason>": ``responder status`` groups by them.
+# Reasons, stored with decided_by = "guard": ``responder status`` groups by them.
 NO_SENDER: Final = "no sender number"
 OWN_NUMBER: Final = "own number"
-IGNORED: Final = "on the ignore list"
+ON_IGNORE_LIST: Final = "on the ignore list"
 NOT_MOBILE: Final = "not a mobile number"
 PING_PONG: Final = "ping-pong"
 RATE_LIMIT: Final = "rate limit"
-REASONS: Final = (NO_SENDER, OWN_NUMBER, IGNORED, NOT_MOBILE, PING_PONG, RATE_LIMIT)
+REASONS: Final = (NO_SENDER, OWN_NUMBER, ON_IGNORE_LIST, NOT_MOBILE, PING_PONG, RATE_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def _numbers(table: Table, key: str, *, wildcard: bool) -> tuple[str, ...]:
 
 
 def parse(table: Table) -> GuardSettings:
-    pattern_text = table.get_str("mobile_pattern", MOBILE_PATTERN)
+    pattern_text = table.get_str("mobile_pattern", GuardSettings.mobile_pattern.pattern)
     try:
         pattern = re.compile(pattern_text)
     except re.error as err:
@@ -79,7 +86,7 @@ def parse(table: Table) -> GuardSettings:
         window=table.get_float("window", GuardSettings.window, min=1, unit="seconds"),
         ignore=_numbers(table, "ignore", wildcard=True),
         own_numbers=_numbers(table, "own_numbers", wildcard=False),
-        mobile_only=table.get_bool("mobile_only", True),
+        mobile_only=table.get_bool("mobile_only", GuardSettings.mobile_only),
         mobile_pattern=pattern,
         pingpong_repeats=table.get_int("pingpong_repeats", GuardSettings.pingpong_repeats, min=0),
         pingpong_window=table.get_float(
@@ -97,25 +104,18 @@ def drop_reason(settings: GuardSettings, message: Message) -> str | None:
         return OWN_NUMBER
     for entry in settings.ignore:
         if number == entry or (entry.endswith("*") and number.startswith(entry[:-1])):
-            return IGNORED
+            return ON_IGNORE_LIST
     if settings.mobile_only and not settings.mobile_pattern.fullmatch(number):
         return NOT_MOBILE
     return None
 
 
-def replies_to(app: Any, number: str, since: float) -> int:
-    """Messages from ``number`` answered to it between ``since`` and now."""
-    now = app.time()
-    rows = app.store.query(
-        "SELECT COUNT(DISTINCT o.message_id) FROM messages m JOIN outbox o ON o.message_id = m.id"
-        " WHERE m.src = ? AND m.journaled_at >= ? AND o.recipients = ?"
-        " AND o.created_at >= ? AND o.created_at <= ?",
-        (number, since - _LATE_REPLY_SLACK, number, since, now),
-    )
-    return rows[0][0]
+def replies_to(app: App, message: Message, since: float) -> int:
+    """Messages from the sender answered to it between ``since`` and now."""
+    return app.store.replies_to(message.src, since, until=app.time(), account=message.account)
 
 
-def repeats(app: Any, message: Message, since: float, limit: int) -> int:
+def repeats(app: App, message: Message, since: float, limit: int) -> int:
     """How many times in a row, up to this one, the sender sent this (normalised) text
     since ``since``; counts up to ``limit``.
 
@@ -123,17 +123,18 @@ def repeats(app: Any, message: Message, since: float, limit: int) -> int:
     repeats a text without repeating themselves; another auto-responder answering ours
     sends its one text every time.
     """
-    before = message.id if message.id > 0 else _NEVER_STORED
-    rows = app.store.query(
-        "SELECT text FROM messages"
-        " WHERE src = ? AND journaled_at >= ? AND journaled_at <= ? AND id < ?"
-        " ORDER BY id DESC LIMIT ?",
-        (message.src, since, app.time(), before, max(limit - 1, 0)),
+    texts = app.store.texts_from(
+        message.src,
+        since=since,
+        until=app.time(),
+        before_id=message.id if message.id > 0 else None,  # a simulated one is never stored
+        limit=max(limit - 1, 0),
+        account=message.account,
     )
     text = normalise(message.text)
     count = 1
-    for row in rows:
-        if normalise(row[0]) != text:
+    for earlier in texts:
+        if normalise(earlier) != text:
             break
         count += 1
     return count
@@ -145,7 +146,7 @@ def responder_config_section() -> ConfigSection:
 
 
 @hookimpl(trylast=True)
-def responder_filter(app: Any, message: Message) -> str | None:
+def responder_filter(app: App, message: Message) -> str | None:
     reason = drop_reason(app.plugin_config(PLUGIN), message)
     if reason is not None:
         app.log.info("guard_dropped", message_id=message.id, src=message.src, reason=reason)
@@ -153,7 +154,7 @@ def responder_filter(app: Any, message: Message) -> str | None:
 
 
 @hookimpl(trylast=True)
-def responder_before_send(app: Any, message: Message, reply: Reply) -> Veto | None:
+def responder_before_send(app: App, message: Message, reply: Reply) -> Veto | None:
     settings: GuardSettings = app.plugin_config(PLUGIN)
     if message.src not in (reply.to or (message.src,)):
         return None  # the limits are about answering the sender, not relaying elsewhere
@@ -167,7 +168,7 @@ def responder_before_send(app: Any, message: Message, reply: Reply) -> Veto | No
             reason = PING_PONG
             detail = f"the same text {count} times in a row in {settings.pingpong_window:g} s"
     if reason is None and settings.max_replies:
-        count = replies_to(app, message.src, now - settings.window)
+        count = replies_to(app, message, now - settings.window)
         if count >= settings.max_replies:
             reason = RATE_LIMIT
             detail = f"{count} replies to this number in the last {settings.window:g} s"
@@ -180,15 +181,8 @@ def responder_before_send(app: Any, message: Message, reply: Reply) -> Veto | No
 
 
 @hookimpl(trylast=True)
-def responder_status(app: Any) -> StatusSection:
-    counts = dict.fromkeys(REASONS, 0)
-    rows = app.store.query(
-        "SELECT reason, COUNT(*) FROM messages WHERE reason LIKE ? GROUP BY reason",
-        (f"{PLUGIN}: %",),
-    )
-    for reason, count in rows:
-        kind = reason.removeprefix(f"{PLUGIN}: ")
-        if kind in counts:
-            counts[kind] += count
+def responder_status(app: App) -> StatusSection:
+    found = app.store.counts_by_reason(PLUGIN)
+    counts = {kind: found.get(kind, 0) for kind in REASONS}
     figures = tuple((f"dropped: {kind}", count) for kind, count in counts.items())
     return StatusSection(title=PLUGIN, figures=(*figures, ("dropped: total", sum(counts.values()))))

@@ -2,25 +2,40 @@
 
 A number on the list gets no automatic reply from any plugin: the before-send hook vetoes
 every reply to it, except this plugin's own confirmation. Observers still see its
-messages; ``is_opted_out(app, number)`` tells them (a relay marks them). Resubscribe
-words take a number off the list. ``responder optout list|add|remove`` edits it by hand.
+messages; ``is_opted_out(app, number)`` tells them, and other plugins ask
+``app.stash[responder.OPTED_OUT]`` (a relay marks such messages) without importing this
+one. Resubscribe words take a number off the list. ``responder optout list|add|remove``
+edits it by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sqlite3
 import sys
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from responder import hookimpl
-from responder.config import ConfigSection, Table
-from responder.models import PLATFORM_TZ, Message, Reply, StatusSection, Veto
-from responder.normalise import canonical_number, compact_number, is_separator, normalise
+from responder import (
+    OPTED_OUT,
+    PLATFORM_TZ,
+    App,
+    CommandRegistry,
+    ConfigSection,
+    Message,
+    Reply,
+    StashKey,
+    StatusSection,
+    Table,
+    Veto,
+    canonical_number,
+    compact_number,
+    hookimpl,
+    is_separator,
+    normalise,
+    reply_warnings,
+)
 
 PLUGIN: Final = "optout"
 DEFAULT_WORDS: Final = ("TD", "T", "N", "R", "退订", "取消", "拒收", "STOP", "UNSUBSCRIBE")
@@ -110,16 +125,16 @@ def parse(table: Table) -> OptoutSettings:
 # (simulate, replay, status) on a store the daemon never prepared has no table: reads take
 # that as an empty list, and dry runs write nothing.
 
-_simulated: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
-"""Opt-outs (True) and resubscriptions (False) seen under dry_run, per App, so that a
-simulated conversation remembers them while the store stays untouched."""
+SIMULATED: Final = StashKey[dict[str, bool]]()
+"""Opt-outs (True) and resubscriptions (False) seen under dry_run, so that a simulated
+conversation remembers them while the store stays untouched."""
 
 
-def _create_table(app: Any) -> None:
+def _create_table(app: App) -> None:
     app.store.migrate(PLUGIN, _SCHEMA)
 
 
-def _entry(app: Any, number: str) -> sqlite3.Row | None:
+def _entry(app: App, number: str) -> Any:
     """The list's row for a number; under dry_run only one made before the app's now."""
     if app.dry_run:
         rows = app.store.query(
@@ -134,7 +149,7 @@ def _entry(app: Any, number: str) -> sqlite3.Row | None:
     return rows[0] if rows else None
 
 
-def is_opted_out(app: Any, number: str) -> bool:
+def is_opted_out(app: App, number: str) -> bool:
     """Whether ``number`` is on the suppression list (public: relays mark such messages).
 
     Under ``app.dry_run`` (simulate, replay) it answers as of ``app.time()`` and counts
@@ -143,13 +158,13 @@ def is_opted_out(app: Any, number: str) -> bool:
     number = canonical_number(number)
     if not number:
         return False
-    simulated = _simulated.get(app, {}).get(number) if app.dry_run else None
+    simulated = app.stash.get(SIMULATED, {}).get(number) if app.dry_run else None
     if simulated is not None:
         return simulated
     return _entry(app, number) is not None
 
 
-def add_number(app: Any, number: str, *, message_id: int | None, source: str, text: str) -> bool:
+def add_number(app: App, number: str, *, message_id: int | None, source: str, text: str) -> bool:
     """Put a number on the list (created by startup); False when it was on it already."""
     with app.store.transaction() as tx:
         cursor = tx.execute(
@@ -160,7 +175,7 @@ def add_number(app: Any, number: str, *, message_id: int | None, source: str, te
         return cursor.rowcount > 0
 
 
-def remove_number(app: Any, number: str) -> bool:
+def remove_number(app: App, number: str) -> bool:
     """Take a number off the list (created by startup); False when it was not on it."""
     with app.store.transaction() as tx:
         cursor = tx.execute(
@@ -197,17 +212,23 @@ def responder_config_section() -> ConfigSection:
     return ConfigSection(PLUGIN, parse)
 
 
-@hookimpl(trylast=True)
-def responder_startup(app: Any) -> None:
+# tryfirst: the other plugins' startup may ask the list (app.stash[OPTED_OUT]) already.
+@hookimpl(tryfirst=True)
+def responder_startup(app: App) -> None:
     if not app.dry_run:
         _create_table(app)
+
+    def opted_out(number: str) -> bool:
+        return is_opted_out(app, number)
+
+    app.stash[OPTED_OUT] = opted_out
 
 
 # tryfirst: an unsubscribe word is answered by the confirmation, not by a keyword rule or a
 # user's catch-all plugin. A user plugin can still take over with its own tryfirst
 # implementation (user plugins are registered later, so theirs is called first).
 @hookimpl(tryfirst=True)
-def responder_reply(app: Any, message: Message) -> Reply | None:
+def responder_reply(app: App, message: Message) -> Reply | None:
     settings: OptoutSettings = app.plugin_config(PLUGIN)
     found = classify(settings, message.text)
     number = canonical_number(message.src)
@@ -216,7 +237,7 @@ def responder_reply(app: Any, message: Message) -> Reply | None:
     kind, word = found
     meta = (MARK, ("normalised", normalise(message.text)), ("rule", f"optout {kind}"))
     if kind == "unsubscribe":
-        simulated = _simulated.get(app, {}).get(number) if app.dry_run else None
+        simulated = app.stash.get(SIMULATED, {}).get(number) if app.dry_run else None
         entry = _entry(app, number)
         earlier = entry is not None and entry["message_id"] != message.id
         if simulated is not None:
@@ -225,19 +246,20 @@ def responder_reply(app: Any, message: Message) -> Reply | None:
             why = f'"{word}" from a number already opted out: no second confirmation'
             return Reply(text="", meta=(*meta, ("why", why)))
         if app.dry_run:
-            _simulated.setdefault(app, {})[number] = True
+            app.stash.setdefault(SIMULATED, {})[number] = True
         why = f'"{word}" is an unsubscribe word: the number is put on the opt-out list'
         return Reply(text=settings.confirmation, meta=(*meta, ("why", why)))
     if not is_opted_out(app, number):
         return None  # not opted out: the word may be an ordinary keyword
     if app.dry_run:
-        _simulated.setdefault(app, {})[number] = False
+        app.stash.setdefault(SIMULATED, {})[number] = False
     why = f'"{word}" is a resubscribe word: the number is taken off the opt-out list'
     return Reply(text=settings.resubscribed, meta=(*meta, ("why", why)))
 
 
-@hookimpl(trylast=True)
-def responder_observe(app: Any, message: Message) -> None:
+# tryfirst: the observers after it (a relay) see the list as this message left it.
+@hookimpl(tryfirst=True)
+def responder_observe(app: App, message: Message) -> None:
     """Record opt-outs for every message, answered or dropped (idempotent per message)."""
     settings: OptoutSettings = app.plugin_config(PLUGIN)
     found = classify(settings, message.text)
@@ -251,7 +273,7 @@ def responder_observe(app: Any, message: Message) -> None:
 
 
 @hookimpl(trylast=True)
-def responder_before_send(app: Any, message: Message, reply: Reply) -> Reply | Veto | None:
+def responder_before_send(app: App, message: Message, reply: Reply) -> Reply | Veto | None:
     recipients = reply.to or (message.src,)
     if reply.plugin == PLUGIN and MARK in reply.meta and recipients == (message.src,):
         return None
@@ -266,12 +288,11 @@ def responder_before_send(app: Any, message: Message, reply: Reply) -> Reply | V
 
 
 @hookimpl(trylast=True)
-def responder_status(app: Any) -> StatusSection | None:
+def responder_status(app: App) -> StatusSection | None:
     counted = app.store.query("SELECT COUNT(*) FROM optout_numbers", missing_ok=True)
     numbers = counted[0][0] if counted else 0
-    suppressed = app.store.query(
-        "SELECT COUNT(*) FROM messages WHERE reason = ?", (f"{PLUGIN}: {VETO_REASON}",)
-    )[0][0]
+    # Stores before schema 4 have "optout: opted out" as the reason: counted too.
+    suppressed = app.store.counts_by_reason(PLUGIN).get(VETO_REASON, 0)
     return StatusSection(
         title=PLUGIN,
         figures=(("opted-out numbers", numbers), ("replies suppressed", suppressed)),
@@ -279,10 +300,8 @@ def responder_status(app: Any) -> StatusSection | None:
 
 
 @hookimpl(trylast=True)
-def responder_check(app: Any) -> list[str]:
+def responder_check(app: App) -> list[str]:
     """``responder check`` warnings about the two confirmations."""
-    from responder.checks import reply_warnings
-
     settings: OptoutSettings | None = app.plugin_config(PLUGIN)
     if settings is None:
         return []
@@ -307,7 +326,7 @@ def _number_argument(text: str | None) -> str | None:
     return canonical_number(compact)
 
 
-def _run(app: Any, args: argparse.Namespace) -> int:
+def _run(app: App, args: argparse.Namespace) -> int:
     _create_table(app)  # a command runs without responder_startup
     if args.action == "list":
         rows = app.store.query("SELECT * FROM optout_numbers ORDER BY opted_out_at, number")
@@ -332,7 +351,7 @@ def _run(app: Any, args: argparse.Namespace) -> int:
 
 
 @hookimpl(trylast=True)
-def responder_register_commands(commands: Any) -> None:
+def responder_register_commands(commands: CommandRegistry) -> None:
     commands.add(
         "optout",
         help="list the opt-out (退订) list, or add or remove a number by hand",

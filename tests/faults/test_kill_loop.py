@@ -47,15 +47,18 @@ def webhook_section(url: str) -> dict:
 
 
 def webhooks_done(db) -> bool:
-    """Every journaled message has its delivery row, and none is waiting."""
+    """Every journaled message has its delivery (an item of the queue "webhook:crm", keyed
+    on the message id), and none is waiting."""
     try:
-        open_rows = rows(db, "SELECT COUNT(*) FROM webhook_deliveries WHERE state != 'delivered'")
+        open_rows = rows(
+            db, "SELECT COUNT(*) FROM queue_items WHERE queue = 'webhook:crm' AND state != 'done'"
+        )
         missing = rows(
             db,
-            "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS"
-            " (SELECT 1 FROM webhook_deliveries w WHERE w.message_id = m.id)",
+            "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM queue_items q"
+            " WHERE q.queue = 'webhook:crm' AND q.key = CAST(m.id AS TEXT))",
         )
-    except Exception:  # the plugin has not created its table yet
+    except Exception:  # the store is not created yet
         return False
     return open_rows[0][0] == 0 and missing[0][0] == 0
 

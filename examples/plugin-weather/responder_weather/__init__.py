@@ -1,7 +1,8 @@
 """TQ <city>: answers with the forecast the operator configured in ``[weather]``.
 
 An example sms-responder plugin: a configuration section, a reply, a table of its own
-in the store (queries per city, written by an observer), and a status section.
+in the store (queries per city, written by an observer), and a status section. It uses
+only the names ``responder`` exports (``responder.__all__``), as the built-ins do.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 
-from responder import hookimpl
-from responder.config import ConfigSection, Table
-from responder.models import Message, Reply, StatusSection
+from responder import App, ConfigSection, Message, Reply, StatusSection, Table, hookimpl
 
 SECTION = "weather"
 MIGRATIONS = [
@@ -75,13 +74,13 @@ def responder_config_section() -> ConfigSection:
 
 
 @hookimpl
-def responder_startup(app) -> None:
+def responder_startup(app: App) -> None:
     if app.plugin_config(SECTION).enabled:
         app.store.migrate(SECTION, MIGRATIONS)
 
 
 @hookimpl
-def responder_reply(app, message: Message) -> Reply | None:
+def responder_reply(app: App, message: Message) -> Reply | None:
     settings: WeatherSettings = app.plugin_config(SECTION)
     if not settings.enabled:
         return None
@@ -97,7 +96,7 @@ def responder_reply(app, message: Message) -> Reply | None:
 
 
 @hookimpl
-def responder_observe(app, message: Message, reply: Reply | None) -> None:
+def responder_observe(app: App, message: Message, reply: Reply | None) -> None:
     if app.dry_run or reply is None or reply.plugin != SECTION:
         return
     meta = dict(reply.meta)
@@ -110,19 +109,17 @@ def responder_observe(app, message: Message, reply: Reply | None) -> None:
 
 
 @hookimpl
-def responder_status(app) -> StatusSection | None:
+def responder_status(app: App) -> StatusSection | None:
     settings: WeatherSettings | None = app.plugin_config(SECTION)
     if settings is None or not settings.enabled:
         return None
     midnight = app.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    tables = app.store.query("SELECT name FROM sqlite_master WHERE name = 'weather_queries'")
-    today = unknown = 0
-    if tables:
-        row = app.store.query(
-            "SELECT COUNT(*), COALESCE(SUM(NOT found), 0) FROM weather_queries WHERE at >= ?",
-            (midnight,),
-        )[0]
-        today, unknown = row[0], row[1]
+    rows = app.store.query(  # the table is made by startup: none yet reads as no queries
+        "SELECT COUNT(*), COALESCE(SUM(NOT found), 0) FROM weather_queries WHERE at >= ?",
+        (midnight,),
+        missing_ok=True,
+    )
+    today, unknown = (rows[0][0], rows[0][1]) if rows else (0, 0)
     return StatusSection(
         title=SECTION,
         figures=(

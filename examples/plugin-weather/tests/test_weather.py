@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from responder import ConfigError
 from responder.app import build_app
-from responder.config import ConfigError
 from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 

@@ -9,6 +9,7 @@ state it reached. Plugins keep their own tables here too (``migrate``).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import resource
 import sqlite3
@@ -16,136 +17,44 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from responder.models import InboundSms, Message
-
-SCHEMA: Final = (
-    # version 1
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE messages (
-        id INTEGER PRIMARY KEY,
-        gateway_id INTEGER NOT NULL UNIQUE,
-        src TEXT NOT NULL,
-        dst TEXT NOT NULL,
-        text TEXT NOT NULL,
-        received_at TEXT,
-        raw TEXT NOT NULL,
-        journaled_at REAL NOT NULL,
-        state TEXT NOT NULL DEFAULT 'received',
-        reason TEXT NOT NULL DEFAULT '',
-        plugin TEXT NOT NULL DEFAULT '',
-        processed_at REAL
-    );
-    CREATE INDEX messages_by_state ON messages (state, id);
-    CREATE INDEX messages_by_src ON messages (src, journaled_at);
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY,
-        message_id INTEGER NOT NULL REFERENCES messages (id),
-        recipients TEXT NOT NULL,
-        text TEXT NOT NULL,
-        part INTEGER NOT NULL DEFAULT 1,
-        parts INTEGER NOT NULL DEFAULT 1,
-        plugin TEXT NOT NULL DEFAULT '',
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        uncertain INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT NOT NULL DEFAULT '',
-        result TEXT NOT NULL DEFAULT '',
-        errid INTEGER,
-        created_at REAL NOT NULL,
-        sent_at REAL
-    );
-    CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
-    CREATE INDEX outbox_by_message ON outbox (message_id);
-    CREATE TABLE plugin_schema (owner TEXT PRIMARY KEY, version INTEGER NOT NULL);
-    """,
-    # version 2: how often processing a message began, to set aside one that never finishes
-    """
-    ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-    """,
-    # version 3: dedupe on a message's content, not its gateway id alone (the platform reuses
-    # ids after a reset); the extension a reply goes out from. SQLite cannot drop a column's
-    # UNIQUE, so messages is rebuilt (ids kept; foreign keys are off during migrations).
-    """
-    CREATE TABLE messages_v3 (
-        id INTEGER PRIMARY KEY,
-        gateway_id INTEGER NOT NULL,
-        src TEXT NOT NULL,
-        dst TEXT NOT NULL,
-        text TEXT NOT NULL,
-        received_at TEXT,
-        raw TEXT NOT NULL,
-        journaled_at REAL NOT NULL,
-        state TEXT NOT NULL DEFAULT 'received',
-        reason TEXT NOT NULL DEFAULT '',
-        plugin TEXT NOT NULL DEFAULT '',
-        processed_at REAL,
-        attempts INTEGER NOT NULL DEFAULT 0
-    );
-    INSERT INTO messages_v3 (id, gateway_id, src, dst, text, received_at, raw, journaled_at,
-        state, reason, plugin, processed_at, attempts)
-        SELECT id, gateway_id, src, dst, text, received_at, raw, journaled_at,
-        state, reason, plugin, processed_at, attempts FROM messages;
-    DROP TABLE messages;
-    ALTER TABLE messages_v3 RENAME TO messages;
-    CREATE INDEX messages_by_state ON messages (state, id);
-    CREATE INDEX messages_by_src ON messages (src, journaled_at);
-    CREATE UNIQUE INDEX messages_dedupe
-        ON messages (gateway_id, src, dst, IFNULL(received_at, ''), text);
-    ALTER TABLE outbox ADD COLUMN sender TEXT NOT NULL DEFAULT '';
-    """,
-    # version 4: every row belongs to an account (one, "default", until several are
-    # served); who decided a drop or veto, apart from its reason; the durable queues.
-    """
-    ALTER TABLE messages ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
-    ALTER TABLE messages ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
-    ALTER TABLE outbox ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
-    DROP INDEX messages_dedupe;
-    CREATE UNIQUE INDEX messages_dedupe
-        ON messages (account, gateway_id, src, dst, IFNULL(received_at, ''), text);
-    CREATE TABLE queue_items (
-        id INTEGER PRIMARY KEY,
-        queue TEXT NOT NULL,
-        account TEXT NOT NULL DEFAULT 'default',
-        key TEXT,
-        payload TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        finished_at REAL
-    );
-    CREATE UNIQUE INDEX queue_items_key ON queue_items (queue, key) WHERE key IS NOT NULL;
-    CREATE INDEX queue_items_due ON queue_items (queue, state, next_attempt_at);
-    """,
+from responder.store.interface import (
+    DEFAULT_ACCOUNT,
+    JournalEntry,
+    JournalUnwritable,
+    OutboxRow,
+    OutgoingSms,
+    StatementError,
+    StoreError,
+    StoreStatus,
 )
-"""Core schema migrations; the database's ``user_version`` counts those applied."""
-
-# Message states.
-RECEIVED: Final = "received"  # journaled, not yet through the plugins
-PROCESSED: Final = "processed"  # replies in the outbox, not all sent yet
-REPLIED: Final = "replied"  # every reply sent
-IGNORED: Final = "ignored"  # no reply: dropped, unanswered or vetoed (see reason)
-FAILED: Final = "failed"  # a reply was given up on (see the outbox row)
-# UNCERTAIN (below): every reply settled, at least one given up with an unknown outcome
-
-# Outbox states.
-PENDING: Final = "pending"
-SENDING: Final = "sending"
-SENT: Final = "sent"
-DEAD: Final = "dead"
-UNCERTAIN: Final = "uncertain"
-"""An SMS whose outcome was unknown, given up on (``replies.on_uncertain = "give_up"``):
-never sent again, it may well have gone out. Also the state of a message none of whose
-replies failed for sure, but one of them is uncertain."""
-
+from responder.store.queues import (
+    QUEUE_CLAIMED,
+    QUEUE_DEAD,
+    QUEUE_DONE,
+    QUEUE_PENDING,
+    QUEUE_STATES,
+    QueueCounts,
+    QueueItem,
+)
+from responder.store.schema import (
+    DEAD,
+    FAILED,
+    IGNORED,
+    PENDING,
+    PROCESSED,
+    RECEIVED,
+    REPLIED,
+    SCHEMA,
+    SENDING,
+    SENT,
+    UNCERTAIN,
+)
 
 MIN_FREE_BYTES: Final = 16 * 1024 * 1024
 """Room the store's files must have left before a read: far more than one message needs."""
@@ -153,6 +62,8 @@ PRUNE_BATCH: Final = 500
 """Messages deleted per transaction by ``prune``, so it never holds the write lock long."""
 SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _STORAGE_FAILURES: Final = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
     "SQLITE_FULL",
     "SQLITE_IOERR",
     "SQLITE_READONLY",
@@ -164,25 +75,6 @@ _STORAGE_FAILURES: Final = (
     "SQLITE_NOLFS",
     "SQLITE_PROTOCOL",
 )
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written (permissions, a full disk, a damaged file)."""
-
-
-class JournalUnwritable(StoreError):
-    """The read-start mark could not be written: a message read now might not be journaled."""
-
-
-def is_storage_failure(err: BaseException) -> bool:
-    """Whether an error is the store's (disk full, I/O, read-only, damaged), not a bug in SQL.
-
-    A plugin's malformed query raises sqlite3 errors too; those are the plugin's failures.
-    """
-    if isinstance(err, StoreError):
-        return True
-    name = getattr(err, "sqlite_errorname", None) or ""
-    return isinstance(err, sqlite3.Error) and name.startswith(_STORAGE_FAILURES)
 
 
 def store_room(path: Path) -> int:
@@ -206,55 +98,24 @@ def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-@dataclass(frozen=True)
-class OutgoingSms:
-    """One SMS to queue: a part of a composed reply."""
-
-    recipients: tuple[str, ...]
-    text: str
-    part: int = 1
-    parts: int = 1
-    plugin: str = ""
-    sender: str = ""
-    """The extension it goes out from; "" for ``gateway.sender``."""
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    message_id: int
-    recipients: tuple[str, ...]
-    text: str
-    part: int
-    parts: int
-    plugin: str
-    state: str
-    attempts: int
-    uncertain: int
-    next_attempt_at: float
-    last_error: str
-    sender: str = ""
-    """The extension it goes out from; "" for ``gateway.sender``."""
-    created_at: float = 0.0
-    """When it was queued."""
-
-
-@dataclass(frozen=True)
-class StoreStatus:
-    messages: dict[str, int]
-    outbox: dict[str, int]
-    reasons: dict[str, int]
-    """Why messages were ignored or replies vetoed, with counts."""
-    uncertain_sends: int
-    last_read_at: float | None
-    last_message_at: float | None
-    last_sent_at: float | None
-    last_read_ok_at: float | None = None
-    """When a read last got an answer; ``last_read_at`` counts failed attempts too."""
-    duplicates_dropped: int = 0
-    """Messages read again with the same content (gateway id, numbers, time, text), dropped."""
-    reads_held: str = ""
-    """Why the daemon holds reading (the store cannot take a message), or ""."""
+_HAND_SENT_OWNER: Final = "responder.send"
+_HAND_SENT_SCHEMA: Final = (
+    "CREATE TABLE sent_by_hand ("
+    " id INTEGER PRIMARY KEY,"
+    " at REAL NOT NULL,"
+    " recipients TEXT NOT NULL,"
+    " text TEXT NOT NULL,"
+    " part INTEGER NOT NULL DEFAULT 1,"
+    " parts INTEGER NOT NULL DEFAULT 1,"
+    " raw INTEGER NOT NULL DEFAULT 0,"
+    " state TEXT NOT NULL,"
+    " reason TEXT NOT NULL DEFAULT '',"
+    " errid INTEGER,"
+    " result TEXT NOT NULL DEFAULT '')",
+)
+"""What ``responder send`` did: each request, and each number a before-send hook kept out.
+States: "sending" (under way, or the command died during it), "sent", "refused" (num=0),
+"failed", "uncertain" (the answer was lost: it may have gone out), "suppressed" (reason)."""
 
 
 def _is_damage(err: BaseException) -> bool:
@@ -271,7 +132,24 @@ def _message(row: sqlite3.Row) -> Message:
         text=row["text"],
         received_at=datetime.fromisoformat(row["received_at"]) if row["received_at"] else None,
         raw=row["raw"],
+        account=row["account"],
     )
+
+
+def _entry(row: sqlite3.Row) -> JournalEntry:
+    return JournalEntry(
+        message=_message(row),
+        journaled_at=row["journaled_at"],
+        state=row["state"],
+        reason=row["reason"],
+        decided_by=row["decided_by"],
+        plugin=row["plugin"],
+    )
+
+
+def _of_account(account: str | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE condition (and its parameters) for one account's rows, or every row."""
+    return ("account = ?", (account,)) if account is not None else ("1", ())
 
 
 def _outbox(row: sqlite3.Row) -> OutboxRow:
@@ -290,15 +168,17 @@ def _outbox(row: sqlite3.Row) -> OutboxRow:
         last_error=row["last_error"],
         sender=row["sender"],
         created_at=row["created_at"],
+        account=row["account"],
     )
 
 
 def _insert_outbox(
     tx: sqlite3.Connection, message_id: int, outgoing: Sequence[OutgoingSms], now: float
 ) -> None:
-    tx.executemany(
+    tx.executemany(  # each row goes out through the account of the message it answers
         "INSERT INTO outbox (message_id, recipients, text, part, parts, plugin, sender,"
-        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " next_attempt_at, created_at, account) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, account"
+        " FROM messages WHERE id = ?",
         [
             (
                 message_id,
@@ -310,10 +190,17 @@ def _insert_outbox(
                 o.sender,
                 now,
                 now,
+                message_id,
             )
             for o in outgoing
         ],
     )
+
+
+_REPLY_LOOKBACK: Final = 86400.0
+"""``replies_to``: how long before the window a message may have come and still count."""
+_NO_ID_BOUND: Final = 2**63 - 1
+"""``texts_from`` without ``before_id``: above every id."""
 
 
 class Store:
@@ -444,23 +331,48 @@ class Store:
         return conn
 
     @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's exceptions come out as StoreError (``_wrap``): nothing outside the store
+        catches sqlite3.Error."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise self._wrap(err) from err
+
+    def _wrap(self, err: sqlite3.Error) -> StoreError:
+        """A damaged file, a failure of the store (full, I/O, permissions, locked), or a
+        statement it refused (StatementError: malformed SQL, a missing table, a constraint)."""
+        code = getattr(err, "sqlite_errorname", None) or ""
+        if _is_damage(err):
+            damaged = self._damaged(err)
+            damaged.code = code
+            return damaged
+        if code.startswith(_STORAGE_FAILURES):
+            return StoreError(f"the store {str(self.path)!r} failed: {err}", code=code)
+        return StatementError(str(err), code=code)
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, committed on success and rolled back on an exception."""
-        conn = self._connection()
-        # Threads of this process queue here rather than in SQLite's busy handler, which
-        # sleeps in steps of milliseconds while another thread holds the write lock.
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as err:
-                # SQLite may have rolled back already (a full disk): don't hide the cause.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if _is_damage(err):
-                    raise self._damaged(err) from None
-                raise
+        """A write transaction, committed on success and rolled back on an exception.
+
+        For a plugin's own tables (and the store's methods): SQLite's exceptions, in the
+        statements of the block too, come out as StoreError or StatementError.
+        """
+        with self._errors():
+            conn = self._connection()
+            # Threads of this process queue here rather than in SQLite's busy handler, which
+            # sleeps in steps of milliseconds while another thread holds the write lock.
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back already (a full disk): don't hide the cause.
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
 
     def query(
         self,
@@ -469,18 +381,16 @@ class Store:
         *,
         missing_ok: bool = False,
     ) -> list[sqlite3.Row]:
-        """Rows of a read. ``missing_ok``: a table not created yet reads as empty (a plugin's
-        table under ``simulate``, where its startup never ran)."""
-        try:
-            return self._connection().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as err:
-            if missing_ok and "no such table" in str(err):
-                return []
-            raise
-        except sqlite3.DatabaseError as err:
-            if _is_damage(err):
-                raise self._damaged(err) from None
-            raise
+        """Rows of a read, for a plugin's own tables (and the store's methods). ``missing_ok``:
+        a table not created yet reads as empty (a plugin's table under ``simulate``, where
+        its startup never ran). StoreError or StatementError when it fails."""
+        with self._errors():
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.OperationalError as err:
+                if missing_ok and "no such table" in str(err):
+                    return []
+                raise
 
     def close(self) -> None:
         if self._exclusive is not None:
@@ -604,7 +514,7 @@ class Store:
         """
         try:
             self._set_meta_unsynced("last_read_at", repr(moment))
-        except (StoreError, sqlite3.Error) as err:
+        except StoreError as err:
             raise JournalUnwritable(f"the store cannot be written: {err}") from None
 
     def journal_problem(self) -> str:
@@ -627,7 +537,7 @@ class Store:
         """Try a small write (the read-start mark, unchanged); "" or why it failed."""
         try:
             self._set_meta_unsynced("last_read_at", self.get_meta("last_read_at") or "")
-        except (StoreError, sqlite3.Error) as err:
+        except StoreError as err:
             return f"the store cannot be written: {err}"
         return ""
 
@@ -636,7 +546,7 @@ class Store:
 
         Best effort: the store may be what cannot be written.
         """
-        with suppress(StoreError, sqlite3.Error):
+        with suppress(StoreError):
             self.set_meta("reads_held", reason)
 
     def last_read_end(self) -> float | None:
@@ -659,12 +569,14 @@ class Store:
 
     @contextmanager
     def _unsynced(self) -> Iterator[None]:
-        conn = self._connection()
-        conn.execute("PRAGMA synchronous=NORMAL")
+        with self._errors():
+            conn = self._connection()
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            with self._errors():
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def last_read_ok_at(self) -> float | None:
         """When a read last got an answer (a message or "nothing unread")."""
@@ -676,17 +588,19 @@ class Store:
 
     # -- messages --------------------------------------------------------------------
 
-    def journal(self, sms: InboundSms) -> Message | None:
-        """Commit an inbound SMS; None when it was journaled before, and counted.
+    def journal(self, sms: InboundSms, *, account: str = DEFAULT_ACCOUNT) -> Message | None:
+        """Commit an inbound SMS read from ``account``; None when that account journaled it
+        before, and counted.
 
-        A message is the same when its gateway id, numbers, platform time and text all
-        are: the platform reuses ids after a reset, so an old id alone proves nothing.
+        A message is the same when its account, gateway id, numbers, platform time and text
+        all are: the platform reuses ids after a reset, so an old id alone proves nothing.
         """
         with self.transaction() as tx:
             cursor = tx.execute(
-                "INSERT INTO messages (gateway_id, src, dst, text, received_at, raw, journaled_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO messages (account, gateway_id, src, dst, text, received_at, raw,"
+                " journaled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
+                    account,
                     sms.gateway_id,
                     sms.src,
                     sms.dst,
@@ -712,6 +626,7 @@ class Store:
             text=sms.text,
             received_at=sms.received_at,
             raw=sms.raw,
+            account=account,
         )
 
     def get_message(self, message_id: int) -> Message | None:
@@ -722,9 +637,12 @@ class Store:
         row = self.query("SELECT state, reason FROM messages WHERE id = ?", (message_id,))[0]
         return row["state"], row["reason"]
 
-    def next_unprocessed(self) -> Message | None:
-        """The oldest message no plugin has finished with."""
-        rows = self.query("SELECT * FROM messages WHERE state = ? ORDER BY id LIMIT 1", (RECEIVED,))
+    def next_unprocessed(self, *, account: str = DEFAULT_ACCOUNT) -> Message | None:
+        """The account's oldest message no plugin has finished with."""
+        rows = self.query(
+            "SELECT * FROM messages WHERE state = ? AND account = ? ORDER BY id LIMIT 1",
+            (RECEIVED, account),
+        )
         return _message(rows[0]) if rows else None
 
     def begin_processing(self, message_id: int) -> int:
@@ -737,7 +655,7 @@ class Store:
     def uncount_attempt(self, message_id: int) -> None:
         """Take back an attempt that a store failure ended: only a plugin's failure counts.
 
-        Raises StoreError or sqlite3.Error when the store cannot take even this write.
+        Raises StoreError when the store cannot take even this write.
         """
         self._count_attempt(message_id, -1)
 
@@ -750,9 +668,31 @@ class Store:
             row = tx.execute("SELECT attempts FROM messages WHERE id = ?", (message_id,))
             return row.fetchone()[0]
 
-    def messages_since(self, moment: float) -> list[Message]:
-        rows = self.query("SELECT * FROM messages WHERE journaled_at >= ? ORDER BY id", (moment,))
-        return [_message(row) for row in rows]
+    def messages_since(
+        self, moment: float, *, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[Message]:
+        """Messages journaled at or after ``moment``, oldest first (``account`` None: all)."""
+        return [entry.message for entry in self.journal_since(moment, account=account)]
+
+    def journal_since(
+        self, moment: float, *, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[JournalEntry]:
+        """As ``messages_since``, with when each was journaled and what became of it."""
+        where, params = _of_account(account)
+        rows = self.query(
+            f"SELECT * FROM messages WHERE journaled_at >= ? AND {where} ORDER BY id",
+            (moment, *params),
+        )
+        return [_entry(row) for row in rows]
+
+    def count_journaled(self, since: float, *, account: str | None = None) -> int:
+        """How many messages were journaled at or after ``since`` (``account`` None: all)."""
+        where, params = _of_account(account)
+        rows = self.query(
+            f"SELECT COUNT(*) FROM messages WHERE journaled_at >= ? AND {where}",
+            (since, *params),
+        )
+        return int(rows[0][0])
 
     def finish_message(
         self,
@@ -762,18 +702,21 @@ class Store:
         reason: str = "",
         plugin: str = "",
         state: str | None = None,
+        decided_by: str = "",
     ) -> None:
         """Queue a message's replies and record its outcome, in one transaction.
 
-        Does nothing for a message already finished: its replies were queued then.
+        ``reason`` is why it got no reply, ``decided_by`` who decided that (a plugin's
+        name), each in its own column. Does nothing for a message already finished: its
+        replies were queued then.
         """
         now = self.clock()
         state = state or (PROCESSED if outgoing else IGNORED)
         with self.transaction() as tx:
             updated = tx.execute(
-                "UPDATE messages SET state = ?, reason = ?, plugin = ?, processed_at = ?"
-                " WHERE id = ? AND state = ?",
-                (state, reason, plugin, now, message_id, RECEIVED),
+                "UPDATE messages SET state = ?, reason = ?, decided_by = ?, plugin = ?,"
+                " processed_at = ? WHERE id = ? AND state = ?",
+                (state, reason, decided_by, plugin, now, message_id, RECEIVED),
             )
             if updated.rowcount == 1:
                 _insert_outbox(tx, message_id, outgoing, now)
@@ -784,27 +727,25 @@ class Store:
         The message is answered from then on: no reason ("awaiting ..."), and the plugin
         that answered.
         """
-        now = self.clock()
-        plugin = outgoing[0].plugin if outgoing else ""
         with self.transaction() as tx:
-            _insert_outbox(tx, message_id, outgoing, now)
-            tx.execute(
-                "UPDATE messages SET state = ?, reason = '',"
-                " plugin = CASE WHEN ? = '' THEN plugin ELSE ? END"
-                " WHERE id = ? AND state IN (?, ?, ?)",
-                (PROCESSED, plugin, plugin, message_id, IGNORED, REPLIED, PROCESSED),
-            )
+            _add_replies(tx, message_id, outgoing, self.clock())
 
-    def note_reason(self, message_id: int, reason: str) -> None:
+    def note_reason(self, message_id: int, reason: str, *, decided_by: str = "") -> None:
+        """Record why a processed message got no reply after all (a late reply vetoed)."""
         with self.transaction() as tx:
-            tx.execute("UPDATE messages SET reason = ? WHERE id = ?", (reason, message_id))
+            tx.execute(
+                "UPDATE messages SET reason = ?, decided_by = ? WHERE id = ?",
+                (reason, decided_by, message_id),
+            )
 
     # -- outbox ----------------------------------------------------------------------
 
-    def due_outbox(self, limit: int = 20) -> list[OutboxRow]:
+    def due_outbox(self, limit: int = 20, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
+        """The account's rows due for a send attempt, oldest first."""
         rows = self.query(
-            "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (PENDING, self.clock(), limit),
+            "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ? AND account = ?"
+            " ORDER BY id LIMIT ?",
+            (PENDING, self.clock(), account, limit),
         )
         return [_outbox(row) for row in rows]
 
@@ -890,14 +831,26 @@ class Store:
                 settled = FAILED if dead_rows else UNCERTAIN if uncertain_rows else REPLIED
                 tx.execute("UPDATE messages SET state = ? WHERE id = ?", (settled, message_id))
 
-    def in_flight(self) -> list[OutboxRow]:
-        """Rows left in "sending" by a process that died: their outcome is unknown."""
-        rows = self.query("SELECT * FROM outbox WHERE state = ? ORDER BY id", (SENDING,))
+    def in_flight(self, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
+        """The account's rows left in "sending" by a process that died: their outcome is
+        unknown."""
+        rows = self.query(
+            "SELECT * FROM outbox WHERE state = ? AND account = ? ORDER BY id", (SENDING, account)
+        )
         return [_outbox(row) for row in rows]
 
     def outbox_for(self, message_id: int) -> list[OutboxRow]:
         rows = self.query("SELECT * FROM outbox WHERE message_id = ? ORDER BY id", (message_id,))
         return [_outbox(row) for row in rows]
+
+    def outbox_depth(self, *, account: str | None = None) -> int:
+        """SMS waiting to be sent: pending or being sent (``account`` None: every account)."""
+        where, params = _of_account(account)
+        rows = self.query(
+            f"SELECT COUNT(*) FROM outbox WHERE state IN (?, ?) AND {where}",
+            (PENDING, SENDING, *params),
+        )
+        return int(rows[0][0])
 
     # -- retention -------------------------------------------------------------------
 
@@ -955,17 +908,29 @@ class Store:
     # -- status ----------------------------------------------------------------------
 
     def status(self) -> StoreStatus:
+        """The figures of ``responder status`` and the metrics, over every account."""
+
         def grouped(sql: str) -> dict[str, int]:
             return {row[0]: row[1] for row in self.query(sql)}
+
+        # Answered messages have no reason (older stores may still show one).
+        not_answered = f"reason != '' AND state NOT IN ('{PROCESSED}', '{REPLIED}')"
+        # Aliases unlike any column: GROUP BY binds a column first (outbox.result is the raw
+        # answer, distinct per row), which would give one group per row.
+        sends = self.query(
+            "SELECT CASE WHEN state IN (?, ?, ?) THEN state ELSE 'retrying' END AS send_result,"
+            " COALESCE(CAST(errid AS TEXT), '') AS last_errid, COUNT(*) AS n"
+            " FROM outbox WHERE attempts > 0 GROUP BY send_result, last_errid",
+            (SENT, DEAD, UNCERTAIN),
+        )
 
         last_sent = self.query("SELECT MAX(sent_at) FROM outbox")[0][0]
         last_message = self.query("SELECT MAX(journaled_at) FROM messages")[0][0]
         return StoreStatus(
             messages=grouped("SELECT state, COUNT(*) FROM messages GROUP BY state"),
             outbox=grouped("SELECT state, COUNT(*) FROM outbox GROUP BY state"),
-            reasons=grouped(  # answered messages have none (older stores may still show one)
-                "SELECT reason, COUNT(*) FROM messages WHERE reason != ''"
-                f" AND state NOT IN ('{PROCESSED}', '{REPLIED}') GROUP BY reason"
+            reasons=grouped(
+                f"SELECT reason, COUNT(*) FROM messages WHERE {not_answered} GROUP BY reason"
             ),
             uncertain_sends=self.query("SELECT COALESCE(SUM(uncertain), 0) FROM outbox")[0][0],
             last_read_at=self.last_read_at(),
@@ -974,4 +939,335 @@ class Store:
             last_read_ok_at=self.last_read_ok_at(),
             duplicates_dropped=int(self.get_meta("duplicates_dropped") or 0),
             reads_held=self.get_meta("reads_held") or "",
+            unanswered=grouped(  # rows from before schema 4 said "plugin: reason"
+                "SELECT CASE WHEN decided_by != '' THEN decided_by"
+                " WHEN instr(reason, ':') > 0 THEN trim(substr(reason, 1, instr(reason, ':') - 1))"
+                f" ELSE reason END AS who, COUNT(*) FROM messages WHERE {not_answered} GROUP BY who"
+            ),
+            sends={(row["send_result"], row["last_errid"]): row["n"] for row in sends},
         )
+
+    # -- sent by hand (``responder send``) -------------------------------------------------
+    # Its own table, created on first use (``migrate``, owner "responder.send").
+
+    def hand_sent_start(
+        self, numbers: Sequence[str], text: str, *, part: int = 1, parts: int = 1, raw: bool
+    ) -> int:
+        """Record a request sent by hand before it leaves ("sending"); returns its id."""
+        self.migrate(_HAND_SENT_OWNER, _HAND_SENT_SCHEMA)
+        with self.transaction() as tx:
+            row_id = tx.execute(
+                "INSERT INTO sent_by_hand (at, recipients, text, part, parts, raw, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'sending')",
+                (self.clock(), ",".join(numbers), text, part, parts, int(raw)),
+            ).lastrowid
+        assert row_id is not None
+        return row_id
+
+    def hand_sent_finish(
+        self, row_id: int, state: str, *, reason: str, errid: int | None = None, result: str = ""
+    ) -> None:
+        """A request sent by hand ended: "sent", "refused", "failed" or "uncertain"."""
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE sent_by_hand SET state = ?, reason = ?, errid = ?, result = ? WHERE id = ?",
+                (state, reason, errid, result, row_id),
+            )
+
+    def hand_sent_suppressed(self, text: str, numbers: Sequence[tuple[str, str]]) -> None:
+        """Numbers a before-send hook kept a hand-sent text from: (number, reason) each."""
+        self.migrate(_HAND_SENT_OWNER, _HAND_SENT_SCHEMA)
+        now = self.clock()
+        with self.transaction() as tx:
+            tx.executemany(
+                "INSERT INTO sent_by_hand (at, recipients, text, state, reason)"
+                " VALUES (?, ?, ?, 'suppressed', ?)",
+                [(now, number, text, reason) for number, reason in numbers],
+            )
+
+    # -- durable queues ---------------------------------------------------
+    # Every statement on queue_items; responder.queue.DurableQueue calls these.
+
+    def queue_put(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        at: float | None = None,
+        account: str = "default",
+    ) -> tuple[QueueItem, bool]:
+        """Add an item (``payload`` as JSON), due at ``at`` (default: now); returns it and
+        whether it was added: with a ``key`` already in ``queue`` nothing is added and the
+        existing item is returned. TypeError when the payload is not JSON."""
+        text = _queue_json(queue, payload)
+        now = self.clock()
+        with self.transaction() as tx:
+            cursor = tx.execute(
+                "INSERT INTO queue_items (queue, account, key, payload, next_attempt_at,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING",
+                (queue, account, key, text, now if at is None else at, now),
+            )
+            if cursor.rowcount:
+                row = tx.execute(_QUEUE_BY_ID, (cursor.lastrowid,)).fetchone()
+            else:
+                row = tx.execute(_QUEUE_BY_KEY, (queue, key)).fetchone()
+        return _queue_item(row), bool(cursor.rowcount)
+
+    def queue_claim(self, queue: str, limit: int, *, account: str = "default") -> list[QueueItem]:
+        """Claim up to ``limit`` due pending items, soonest due first, counting an attempt
+        of each; committed before this returns."""
+        now = self.clock()
+        with self.transaction() as tx:
+            rows = tx.execute(
+                f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE queue = ? AND account = ?"
+                " AND state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+                (queue, account, QUEUE_PENDING, now, limit),
+            ).fetchall()
+            tx.executemany(
+                "UPDATE queue_items SET state = ?, attempts = attempts + 1"
+                " WHERE id = ? AND state = ?",
+                [(QUEUE_CLAIMED, row["id"], QUEUE_PENDING) for row in rows],
+            )
+        return [
+            replace(_queue_item(row), state=QUEUE_CLAIMED, attempts=row["attempts"] + 1)
+            for row in rows
+        ]
+
+    def queue_finish(self, item_id: int, *, state: str, error: str = "") -> float:
+        """A claimed item is done or dead; returns when."""
+        now = self.clock()
+        with self.transaction() as tx:
+            _queue_finish(tx, item_id, state, error, now)
+        return now
+
+    def queue_done_with_replies(
+        self, item_id: int, message_id: int, outgoing: Sequence[OutgoingSms]
+    ) -> float:
+        """A claimed item's work was to queue replies to a message: both in one transaction
+        (``add_replies``), so a crash never queues them twice or loses them."""
+        now = self.clock()
+        with self.transaction() as tx:
+            _add_replies(tx, message_id, outgoing, now)
+            _queue_finish(tx, item_id, QUEUE_DONE, "", now)
+        return now
+
+    def queue_back(self, item_id: int, *, attempts: int, error: str, at: float) -> None:
+        """A claimed item is pending again, due at ``at``, with ``attempts`` counted."""
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE queue_items SET state = ?, attempts = ?, last_error = ?,"
+                " next_attempt_at = ? WHERE id = ? AND state = ?",
+                (QUEUE_PENDING, attempts, error, at, item_id, QUEUE_CLAIMED),
+            )
+
+    def queue_recover(
+        self, queue: str, *, max_attempts: int | None, error: str, account: str = "default"
+    ) -> int:
+        """Items left claimed by a previous process: pending again, due now (attempts kept),
+        or dead when that was their last attempt. Returns how many."""
+        now = self.clock()
+        limit = -1 if max_attempts is None else max_attempts
+        with self.transaction() as tx:
+            dead = tx.execute(
+                "UPDATE queue_items SET state = ?, last_error = ?, finished_at = ?"
+                " WHERE queue = ? AND account = ? AND state = ? AND ? >= 0 AND attempts >= ?",
+                (
+                    QUEUE_DEAD,
+                    f"gave up after its last attempt: {error}",
+                    now,
+                    queue,
+                    account,
+                    QUEUE_CLAIMED,
+                    limit,
+                    limit,
+                ),
+            ).rowcount
+            back = tx.execute(
+                "UPDATE queue_items SET state = ?, last_error = ?, next_attempt_at = ?"
+                " WHERE queue = ? AND account = ? AND state = ?",
+                (QUEUE_PENDING, error, now, queue, account, QUEUE_CLAIMED),
+            ).rowcount
+        return dead + back
+
+    def queue_requeue_dead(
+        self, queue: str, ids: Sequence[int] | None = None, *, account: str = "default"
+    ) -> int:
+        """Dead items (all, or those of ``ids``) pending again, due now, attempts reset."""
+        now = self.clock()
+        where = "queue = ? AND account = ? AND state = ?"
+        params: list[Any] = [QUEUE_PENDING, now, queue, account, QUEUE_DEAD]
+        if ids is not None:
+            where += f" AND id IN ({','.join('?' * len(ids))})"
+            params.extend(ids)
+        with self.transaction() as tx:
+            return tx.execute(
+                "UPDATE queue_items SET state = ?, attempts = 0, next_attempt_at = ?,"
+                f" finished_at = NULL WHERE {where}",
+                params,
+            ).rowcount
+
+    def queue_get(self, item_id: int) -> QueueItem | None:
+        rows = self.query(_QUEUE_BY_ID, (item_id,))
+        return _queue_item(rows[0]) if rows else None
+
+    def queue_items(
+        self, queue: str, *, state: str, limit: int = 100, account: str = "default"
+    ) -> list[QueueItem]:
+        """Items of ``queue`` in ``state``, oldest first."""
+        rows = self.query(
+            f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE queue = ? AND account = ?"
+            " AND state = ? ORDER BY id LIMIT ?",
+            (queue, account, state, limit),
+        )
+        return [_queue_item(row) for row in rows]
+
+    def queue_counts(self, queue: str, *, account: str = "default") -> QueueCounts:
+        rows = self.query(
+            "SELECT state, COUNT(*) FROM queue_items WHERE queue = ? AND account = ?"
+            " GROUP BY state",
+            (queue, account),
+        )
+        return QueueCounts(**{row[0]: row[1] for row in rows if row[0] in QUEUE_STATES})
+
+    def queue_next_due(self, queue: str, *, account: str = "default") -> float | None:
+        """When the soonest pending item of ``queue`` is due (maybe past), or None."""
+        rows = self.query(
+            "SELECT MIN(next_attempt_at) FROM queue_items WHERE queue = ? AND account = ?"
+            " AND state = ?",
+            (queue, account, QUEUE_PENDING),
+        )
+        return rows[0][0] if rows else None
+
+    def queue_prune(self, before: float) -> int:
+        """Delete done items (of every queue) finished before ``before``; dead ones stay."""
+        with self.transaction() as tx:
+            return tx.execute(
+                "DELETE FROM queue_items WHERE state = ? AND finished_at < ?", (QUEUE_DONE, before)
+            ).rowcount
+
+    # -- what plugins ask of the journal -----------------------------------
+    # The guard's limits and the counts in plugins' status sections, so that no plugin
+    # writes SQL on messages or outbox.
+
+    def replies_to(
+        self,
+        number: str,
+        since: float,
+        *,
+        until: float | None = None,
+        account: str | None = DEFAULT_ACCOUNT,
+    ) -> int:
+        """Messages from ``number`` answered to that same number by replies queued between
+        ``since`` and ``until`` (default: now). Messages journaled more than a day before
+        ``since`` are not looked at (their late answers are not counted)."""
+        until = self.clock() if until is None else until
+        rows = self.query(
+            "SELECT COUNT(DISTINCT o.message_id) FROM messages m"
+            " JOIN outbox o ON o.message_id = m.id"
+            " WHERE m.src = ? AND m.journaled_at >= ? AND o.recipients = ?"
+            " AND o.created_at >= ? AND o.created_at <= ?"
+            " AND (? IS NULL OR m.account = ?)",
+            (number, since - _REPLY_LOOKBACK, number, since, until, account, account),
+        )
+        return int(rows[0][0])
+
+    def texts_from(
+        self,
+        number: str,
+        *,
+        since: float,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int,
+        account: str | None = DEFAULT_ACCOUNT,
+    ) -> list[str]:
+        """The texts of the latest messages from ``number`` journaled between ``since`` and
+        ``until`` (default: now), newest first, at most ``limit``; with ``before_id`` only
+        those journaled before that message (a smaller id)."""
+        until = self.clock() if until is None else until
+        before = _NO_ID_BOUND if before_id is None else before_id
+        rows = self.query(
+            "SELECT text FROM messages"
+            " WHERE src = ? AND journaled_at >= ? AND journaled_at <= ? AND id < ?"
+            " AND (? IS NULL OR account = ?) ORDER BY id DESC LIMIT ?",
+            (number, since, until, before, account, account, max(limit, 0)),
+        )
+        return [row[0] for row in rows]
+
+    def counts_by_reason(self, decided_by: str, *, account: str | None = None) -> dict[str, int]:
+        """Messages whose drop or veto ``decided_by`` decided, counted by reason (whatever
+        became of them later). Rows of older stores, whose reason was written
+        "<decided_by>: <reason>", are counted under their reason too."""
+        prefix = f"{decided_by}: "
+        counts: dict[str, int] = {}
+        for reason, count in self.query(
+            "SELECT reason, COUNT(*) FROM messages WHERE decided_by = ? AND reason != ''"
+            " AND (? IS NULL OR account = ?) GROUP BY reason",
+            (decided_by, account, account),
+        ):
+            counts[reason] = counts.get(reason, 0) + count
+        for reason, count in self.query(
+            "SELECT reason, COUNT(*) FROM messages WHERE decided_by = ''"
+            " AND substr(reason, 1, ?) = ? AND (? IS NULL OR account = ?) GROUP BY reason",
+            (len(prefix), prefix, account, account),
+        ):
+            kind = reason[len(prefix) :]
+            counts[kind] = counts.get(kind, 0) + count
+        return counts
+
+
+def _add_replies(
+    tx: sqlite3.Connection, message_id: int, outgoing: Sequence[OutgoingSms], now: float
+) -> None:
+    """``Store.add_replies`` inside a transaction (also used by ``queue_done_with_replies``)."""
+    plugin = outgoing[0].plugin if outgoing else ""
+    _insert_outbox(tx, message_id, outgoing, now)
+    tx.execute(
+        "UPDATE messages SET state = ?, reason = '', decided_by = '',"
+        " plugin = CASE WHEN ? = '' THEN plugin ELSE ? END"
+        " WHERE id = ? AND state IN (?, ?, ?)",
+        (PROCESSED, plugin, plugin, message_id, IGNORED, REPLIED, PROCESSED),
+    )
+
+
+# -- durable queues: helpers ----------------------------------------------------
+
+_QUEUE_COLUMNS: Final = (
+    "id, queue, account, key, payload, state, attempts, next_attempt_at, last_error,"
+    " created_at, finished_at"
+)
+_QUEUE_BY_ID: Final = f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE id = ?"
+_QUEUE_BY_KEY: Final = f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE queue = ? AND key = ?"
+
+
+def _queue_json(queue: str, payload: Any) -> str:
+    try:
+        return json.dumps(payload, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"queue {queue!r}: the payload cannot be written as JSON: {err}") from None
+
+
+def _queue_item(row: sqlite3.Row) -> QueueItem:
+    return QueueItem(
+        id=row["id"],
+        queue=row["queue"],
+        key=row["key"],
+        payload=json.loads(row["payload"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        account=row["account"],
+    )
+
+
+def _queue_finish(tx: sqlite3.Connection, item_id: int, state: str, error: str, now: float) -> None:
+    tx.execute(
+        "UPDATE queue_items SET state = ?, last_error = ?, finished_at = ?"
+        " WHERE id = ? AND state = ?",
+        (state, error, now, item_id, QUEUE_CLAIMED),
+    )

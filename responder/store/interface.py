@@ -1,0 +1,388 @@
+"""What every store backend provides: its errors, the values it takes and returns, and
+the methods the core and plugins call on the journal, outbox, meta and plugins' own
+tables (``CoreBackend``; the durable queues' methods are ``QueueBackend`` in queues.py,
+and ``StoreBackend`` in backend.py is both).
+
+SQLite (``responder.store.sqlite.Store``) is the one backend today; a second one
+(PostgreSQL) implements ``StoreBackend`` and passes the contract tests
+(tests/store_contract.py) without a change to the core or to plugins.
+
+Rules every backend keeps:
+
+- Every failure is a ``StoreError``, never the driver's own exception: a failure of the
+  store itself (disk full, I/O, permissions, a damaged file, a lock never released) is a
+  plain ``StoreError``; a statement the store refused (malformed SQL, a missing table, a
+  broken constraint) is a ``StatementError``, the caller's bug (``is_storage_failure``).
+- Every change a method makes is one committed transaction: a crash at any instant
+  leaves each message and reply in a state it reached.
+- Every row that belongs to an account carries it (messages, outbox rows, queue items).
+  There is one account, "default", until several are served; methods that pick rows to
+  work on take ``account`` and see that account's rows only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from responder.models import InboundSms, Message
+
+DEFAULT_ACCOUNT: Final = "default"
+"""The account of every row until several accounts are served."""
+
+
+class StoreError(Exception):
+    """The store failed: it cannot be opened or written (permissions, a full disk, a damaged
+    file), or it refused a statement (``StatementError``)."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        """The backend's own name for the failure ("SQLITE_FULL"), or ""."""
+
+
+class StatementError(StoreError):
+    """The store refused a statement: malformed SQL, a missing table, a broken constraint.
+
+    The caller's bug (a plugin's query on its own tables), not a failure of the store.
+    """
+
+
+class JournalUnwritable(StoreError):
+    """The read-start mark could not be written: a message read now might not be journaled."""
+
+
+def is_storage_failure(err: BaseException) -> bool:
+    """Whether an error is the store's own failure (disk full, I/O, read-only, damaged), as
+    opposed to a statement it refused (a bug in a plugin's SQL) or any other error."""
+    return isinstance(err, StoreError) and not isinstance(err, StatementError)
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    """One SMS to queue: a part of a composed reply."""
+
+    recipients: tuple[str, ...]
+    text: str
+    part: int = 1
+    parts: int = 1
+    plugin: str = ""
+    sender: str = ""
+    """The extension it goes out from; "" for ``gateway.sender``."""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    message_id: int
+    recipients: tuple[str, ...]
+    text: str
+    part: int
+    parts: int
+    plugin: str
+    state: str
+    attempts: int
+    uncertain: int
+    next_attempt_at: float
+    last_error: str
+    sender: str = ""
+    """The extension it goes out from; "" for ``gateway.sender``."""
+    created_at: float = 0.0
+    """When it was queued."""
+    account: str = DEFAULT_ACCOUNT
+    """The account it goes out through: the account of the message it answers."""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A journaled message with what the store knows of it."""
+
+    message: Message
+    journaled_at: float
+    state: str
+    reason: str
+    """Why it got no reply ("" when answered)."""
+    decided_by: str
+    """Who decided a drop or veto (a plugin's name), or ""."""
+    plugin: str
+    """The plugin that answered, or ""."""
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    messages: dict[str, int]
+    outbox: dict[str, int]
+    reasons: dict[str, int]
+    """Why messages were ignored or replies vetoed, with counts."""
+    uncertain_sends: int
+    last_read_at: float | None
+    last_message_at: float | None
+    last_sent_at: float | None
+    last_read_ok_at: float | None = None
+    """When a read last got an answer; ``last_read_at`` counts failed attempts too."""
+    duplicates_dropped: int = 0
+    """Messages read again with the same content (gateway id, numbers, time, text), dropped."""
+    reads_held: str = ""
+    """Why the daemon holds reading (the store cannot take a message), or ""."""
+    unanswered: dict[str, int] = field(default_factory=dict)
+    """Messages not answered, by who decided: a plugin's name (``decided_by``), else the
+    reason itself ("no reply", "empty reply")."""
+    sends: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Outgoing SMS that were attempted, by (result, errid): result is "sent", "dead",
+    "uncertain" or "retrying"; errid the gateway's last errid ("" when no answer came)."""
+
+
+class Row(Protocol):
+    """A row read by ``query``: by column name or position."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    """What ``Transaction.execute`` returns."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def lastrowid(self) -> int | None: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Transaction(Protocol):
+    """The handle ``CoreBackend.transaction()`` yields: SQL on a plugin's own tables."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor: ...
+
+
+class CoreBackend(Protocol):
+    """The store as the core and plugins use it, but for the durable queues.
+
+    Plugins call the message, outbox and status methods, and keep their own tables
+    with ``migrate``, ``query`` and ``transaction`` (SQL on the plugin's OWN tables only,
+    never on the core's: messages, outbox, meta, queue_items, plugin_schema; the SQL is
+    the backend's dialect, SQLite's today, with ``?`` placeholders).
+    """
+
+    path: Path
+    clock: Callable[[], float]
+    """The store's clock (epoch seconds): the time it stamps rows with."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release every connection and the exclusive claim. Whoever opened it closes it."""
+
+    def claim_exclusive(self) -> None:
+        """StoreError naming the holder when another daemon uses this store."""
+
+    def verify(self) -> None:
+        """StoreError when the store is damaged."""
+
+    # -- plugins' own tables -------------------------------------------------------------
+
+    def migrate(self, owner: str, steps: Sequence[str]) -> None:
+        """Apply the steps of ``owner``'s schema it has not applied yet, in one transaction."""
+
+    def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, missing_ok: bool = False
+    ) -> list[Any]:
+        """Rows (``Row``) of a read on the caller's own tables; ``missing_ok``: a table not
+        created yet reads as empty."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A write transaction on the caller's own tables, committed on success and rolled
+        back on an exception."""
+        ...
+
+    # -- meta ------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def last_read_at(self) -> float | None: ...
+
+    def set_last_read_at(self, moment: float) -> None:
+        """JournalUnwritable when it cannot be written: the read must not go out."""
+
+    def last_read_end(self) -> float | None: ...
+
+    def set_last_read_end(self, moment: float) -> None: ...
+
+    def last_read_ok_at(self) -> float | None: ...
+
+    def set_last_read_ok_at(self, moment: float) -> None: ...
+
+    def journal_problem(self) -> str:
+        """Why the journal could not take a message now ("" when it can)."""
+        ...
+
+    def probe_write(self) -> str:
+        """Try a small write; "" or why it failed."""
+        ...
+
+    def set_reads_held(self, reason: str) -> None:
+        """Best effort: record why reading is held ("" once it resumes)."""
+
+    # -- messages --------------------------------------------------------------------------
+
+    def journal(self, sms: InboundSms, *, account: str = DEFAULT_ACCOUNT) -> Message | None:
+        """Commit an inbound SMS; None (and counted) when the account journaled it before."""
+        ...
+
+    def get_message(self, message_id: int) -> Message | None: ...
+
+    def message_state(self, message_id: int) -> tuple[str, str]:
+        """(state, reason) of a message."""
+        ...
+
+    def next_unprocessed(self, *, account: str = DEFAULT_ACCOUNT) -> Message | None: ...
+
+    def begin_processing(self, message_id: int) -> int:
+        """Count an attempt to process a message; returns the count."""
+        ...
+
+    def uncount_attempt(self, message_id: int) -> None: ...
+
+    def messages_since(
+        self, moment: float, *, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[Message]:
+        """Messages journaled at or after ``moment``, oldest first (``account`` None: all)."""
+        ...
+
+    def journal_since(
+        self, moment: float, *, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[JournalEntry]:
+        """As ``messages_since``, with when each was journaled and what became of it."""
+        ...
+
+    def count_journaled(self, since: float, *, account: str | None = None) -> int:
+        """How many messages were journaled at or after ``since``."""
+        ...
+
+    def finish_message(
+        self,
+        message_id: int,
+        *,
+        outgoing: Sequence[OutgoingSms],
+        reason: str = "",
+        plugin: str = "",
+        state: str | None = None,
+        decided_by: str = "",
+    ) -> None:
+        """Queue a message's replies and record its outcome, in one transaction; nothing
+        for a message already finished."""
+
+    def add_replies(self, message_id: int, outgoing: Sequence[OutgoingSms]) -> None:
+        """Queue further replies to an already processed message."""
+
+    def note_reason(self, message_id: int, reason: str, *, decided_by: str = "") -> None: ...
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def due_outbox(self, limit: int = 20, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]: ...
+
+    def claim_send(self, row_id: int) -> int:
+        """Mark a row as being sent before the request leaves; returns the attempt number."""
+        ...
+
+    def release_claim(self, row_id: int, *, error: str, errid: int | None = None) -> None: ...
+
+    def record_sent(self, row_id: int, *, raw: str, errid: int | None) -> None: ...
+
+    def record_dead(
+        self, row_id: int, *, error: str, raw: str = "", errid: int | None = None
+    ) -> None: ...
+
+    def record_uncertain(self, row_id: int, *, error: str) -> None: ...
+
+    def record_retry(
+        self,
+        row_id: int,
+        *,
+        error: str,
+        retry_at: float,
+        raw: str = "",
+        errid: int | None = None,
+        uncertain: bool = False,
+    ) -> None: ...
+
+    def in_flight(self, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
+        """Rows left "sending" by a process that died."""
+        ...
+
+    def outbox_for(self, message_id: int) -> list[OutboxRow]: ...
+
+    def outbox_depth(self, *, account: str | None = None) -> int:
+        """SMS waiting to be sent (pending or sending)."""
+        ...
+
+    # -- sent by hand (``responder send``) ---------------------------------------------------
+
+    def hand_sent_start(
+        self, numbers: Sequence[str], text: str, *, part: int = 1, parts: int = 1, raw: bool
+    ) -> int:
+        """Record a request sent by hand before it leaves; returns its id."""
+        ...
+
+    def hand_sent_finish(
+        self, row_id: int, state: str, *, reason: str, errid: int | None = None, result: str = ""
+    ) -> None: ...
+
+    def hand_sent_suppressed(self, text: str, numbers: Sequence[tuple[str, str]]) -> None: ...
+
+    # -- retention and status ----------------------------------------------------------------
+
+    def prune(
+        self, keep_days: int, *, batch: int = ..., stop: Callable[[], bool] = ...
+    ) -> tuple[int, int]:
+        """Delete finished messages older than ``keep_days``; (messages, outbox rows)."""
+        ...
+
+    def status(self) -> StoreStatus:
+        """The figures of ``responder status`` and the metrics, over every account."""
+        ...
+
+    # -- what plugins ask of the journal ------------------------------------
+
+    def replies_to(
+        self,
+        number: str,
+        since: float,
+        *,
+        until: float | None = None,
+        account: str | None = DEFAULT_ACCOUNT,
+    ) -> int:
+        """Messages from ``number`` answered to it by replies queued in [since, until]."""
+        ...
+
+    def texts_from(
+        self,
+        number: str,
+        *,
+        since: float,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int,
+        account: str | None = DEFAULT_ACCOUNT,
+    ) -> list[str]:
+        """Texts of the latest messages from ``number`` in [since, until], newest first."""
+        ...
+
+    def counts_by_reason(self, decided_by: str, *, account: str | None = None) -> dict[str, int]:
+        """Messages whose drop or veto ``decided_by`` decided, counted by reason."""
+        ...

@@ -1,0 +1,132 @@
+"""The core schema of the SQLite store, and the states of messages and outbox rows.
+
+The states are part of the store's interface (any backend uses the same names); the
+SQL is SQLite's.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA: Final = (
+    # version 1
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        gateway_id INTEGER NOT NULL UNIQUE,
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        text TEXT NOT NULL,
+        received_at TEXT,
+        raw TEXT NOT NULL,
+        journaled_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'received',
+        reason TEXT NOT NULL DEFAULT '',
+        plugin TEXT NOT NULL DEFAULT '',
+        processed_at REAL
+    );
+    CREATE INDEX messages_by_state ON messages (state, id);
+    CREATE INDEX messages_by_src ON messages (src, journaled_at);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages (id),
+        recipients TEXT NOT NULL,
+        text TEXT NOT NULL,
+        part INTEGER NOT NULL DEFAULT 1,
+        parts INTEGER NOT NULL DEFAULT 1,
+        plugin TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        uncertain INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        result TEXT NOT NULL DEFAULT '',
+        errid INTEGER,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+    CREATE INDEX outbox_by_message ON outbox (message_id);
+    CREATE TABLE plugin_schema (owner TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    """,
+    # version 2: how often processing a message began, to set aside one that never finishes
+    """
+    ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    """,
+    # version 3: dedupe on a message's content, not its gateway id alone (the platform reuses
+    # ids after a reset); the extension a reply goes out from. SQLite cannot drop a column's
+    # UNIQUE, so messages is rebuilt (ids kept; foreign keys are off during migrations).
+    """
+    CREATE TABLE messages_v3 (
+        id INTEGER PRIMARY KEY,
+        gateway_id INTEGER NOT NULL,
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        text TEXT NOT NULL,
+        received_at TEXT,
+        raw TEXT NOT NULL,
+        journaled_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'received',
+        reason TEXT NOT NULL DEFAULT '',
+        plugin TEXT NOT NULL DEFAULT '',
+        processed_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO messages_v3 (id, gateway_id, src, dst, text, received_at, raw, journaled_at,
+        state, reason, plugin, processed_at, attempts)
+        SELECT id, gateway_id, src, dst, text, received_at, raw, journaled_at,
+        state, reason, plugin, processed_at, attempts FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v3 RENAME TO messages;
+    CREATE INDEX messages_by_state ON messages (state, id);
+    CREATE INDEX messages_by_src ON messages (src, journaled_at);
+    CREATE UNIQUE INDEX messages_dedupe
+        ON messages (gateway_id, src, dst, IFNULL(received_at, ''), text);
+    ALTER TABLE outbox ADD COLUMN sender TEXT NOT NULL DEFAULT '';
+    """,
+    # version 4: every row belongs to an account (one, "default", until several are
+    # served); who decided a drop or veto, apart from its reason; the durable queues.
+    """
+    ALTER TABLE messages ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE messages ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE outbox ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    DROP INDEX messages_dedupe;
+    CREATE UNIQUE INDEX messages_dedupe
+        ON messages (account, gateway_id, src, dst, IFNULL(received_at, ''), text);
+    CREATE TABLE queue_items (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        account TEXT NOT NULL DEFAULT 'default',
+        key TEXT,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE UNIQUE INDEX queue_items_key ON queue_items (queue, key) WHERE key IS NOT NULL;
+    CREATE INDEX queue_items_due ON queue_items (queue, state, next_attempt_at);
+    """,
+)
+"""Core schema migrations; the database's ``user_version`` counts those applied."""
+
+# Message states.
+RECEIVED: Final = "received"  # journaled, not yet through the plugins
+PROCESSED: Final = "processed"  # replies in the outbox, not all sent yet
+REPLIED: Final = "replied"  # every reply sent
+IGNORED: Final = "ignored"  # no reply: dropped, unanswered or vetoed (see reason)
+FAILED: Final = "failed"  # a reply was given up on (see the outbox row)
+# UNCERTAIN (below): every reply settled, at least one given up with an unknown outcome
+
+# Outbox states.
+PENDING: Final = "pending"
+SENDING: Final = "sending"
+SENT: Final = "sent"
+DEAD: Final = "dead"
+UNCERTAIN: Final = "uncertain"
+"""An SMS whose outcome was unknown, given up on (``replies.on_uncertain = "give_up"``):
+never sent again, it may well have gone out. Also the state of a message none of whose
+replies failed for sure, but one of them is uncertain."""

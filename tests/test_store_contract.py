@@ -1,0 +1,554 @@
+"""The store contract: what every backend (``responder.store.StoreBackend``) must do.
+
+Each test talks to the store through the interface only: no SQL on the core tables, no
+SQLite specifics. The ``backend`` fixture has one param today, SQLite; a second backend
+(PostgreSQL) is one more entry in BACKENDS, and must pass every test here unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from responder.models import PLATFORM_TZ, InboundSms
+from responder.store import (
+    DEAD,
+    FAILED,
+    IGNORED,
+    PENDING,
+    PROCESSED,
+    RECEIVED,
+    REPLIED,
+    SENDING,
+    SENT,
+    UNCERTAIN,
+    JournalUnwritable,
+    OutgoingSms,
+    StatementError,
+    Store,
+    StoreBackend,
+    StoreError,
+    is_storage_failure,
+)
+from tests.conftest import Clock
+
+DAY = 86400.0
+CUSTOMER = "13800138000"
+
+
+@dataclass
+class Backend:
+    """One store backend under test: how to open a store at a fresh location (again, as a
+    restarted daemon would), and how to make it refuse writes (a full disk, read-only)."""
+
+    name: str
+    location: Path
+    clock: Clock
+    open_at: Callable[[Path, Clock], StoreBackend]
+    refuse_writes: Callable[[StoreBackend], None]
+    opened: list[StoreBackend] = field(default_factory=list)
+
+    def open(self) -> StoreBackend:
+        store = self.open_at(self.location, self.clock)
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+def _sqlite_refuse_writes(store: StoreBackend) -> None:
+    """Every write of this thread's connection fails as on a read-only file (SQLITE_READONLY)."""
+    store.query("PRAGMA query_only = ON")
+
+
+BACKENDS: dict[str, tuple[Callable[[Path, Clock], StoreBackend], Callable[[StoreBackend], None]]]
+BACKENDS = {
+    "sqlite": (
+        lambda path, clock: Store(path / "responder.db", clock=clock),
+        _sqlite_refuse_writes,
+    ),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    open_at, refuse_writes = BACKENDS[request.param]
+    handle = Backend(request.param, tmp_path, Clock(), open_at, refuse_writes)
+    try:
+        yield handle
+    finally:
+        handle.close_all()
+
+
+@pytest.fixture
+def store(backend: Backend) -> StoreBackend:
+    return backend.open()
+
+
+_ids = itertools.count(1)
+
+
+def sms(text: str = "CX", *, src: str = CUSTOMER, gateway_id: int | None = None) -> InboundSms:
+    number = next(_ids) if gateway_id is None else gateway_id
+    return InboundSms(
+        number,
+        src,
+        "0888008",
+        text,
+        datetime(2026, 9, 22, 8, 0, tzinfo=PLATFORM_TZ),
+        f"id={number}",
+    )
+
+
+def reply(text: str = "已受理", *, to: str = CUSTOMER) -> OutgoingSms:
+    return OutgoingSms((to,), text, plugin="keywords")
+
+
+def journaled(store: StoreBackend, text: str = "CX", **kwargs: str):
+    message = store.journal(sms(text), **kwargs)
+    assert message is not None
+    return message
+
+
+def queued(store: StoreBackend, *replies: OutgoingSms, account: str = "default"):
+    """A message answered with ``replies`` (one by default); returns it and its rows."""
+    message = journaled(store, account=account)
+    store.finish_message(message.id, outgoing=list(replies or [reply()]), plugin="keywords")
+    return message, store.outbox_for(message.id)
+
+
+# -- journal and dedupe ----------------------------------------------------------------------
+
+
+def test_a_journaled_message_is_returned_and_read_back_whole(store):
+    inbound = sms("查询 余额")
+
+    message = store.journal(inbound)
+
+    assert message is not None and message.account == "default"
+    assert store.get_message(message.id) == message
+    assert (message.src, message.text, message.received_at) == (
+        inbound.src,
+        inbound.text,
+        inbound.received_at,
+    )
+    assert store.message_state(message.id) == (RECEIVED, "")
+    assert store.next_unprocessed() == message
+
+
+def test_the_same_message_read_twice_is_dropped_and_counted(store):
+    inbound = sms()
+    first = store.journal(inbound)
+
+    assert store.journal(inbound) is None
+    assert store.messages_since(0) == [first]
+    assert store.status().duplicates_dropped == 1
+
+
+def test_a_reused_gateway_id_with_new_content_is_a_new_message(store):
+    store.journal(sms("CX", gateway_id=7))
+    assert store.journal(sms("TD", gateway_id=7)) is not None
+    assert [m.text for m in store.messages_since(0)] == ["CX", "TD"]
+
+
+def test_journal_since_tells_when_each_message_came_and_what_became_of_it(backend, store):
+    backend.clock.now = 1000.0
+    kept = journaled(store, "CX")
+    store.finish_message(kept.id, outgoing=[], reason="rate limit", decided_by="guard")
+    backend.clock.now = 2000.0
+    later = journaled(store, "TD")
+
+    entries = store.journal_since(1500.0)
+
+    assert [(e.message, e.journaled_at, e.state) for e in entries] == [(later, 2000.0, RECEIVED)]
+    [entry] = store.journal_since(0.0)[:1]
+    assert (entry.state, entry.reason, entry.decided_by) == (IGNORED, "rate limit", "guard")
+    assert store.count_journaled(1500.0) == 1
+
+
+# -- processing attempts ------------------------------------------------------------------
+
+
+def test_processing_attempts_are_counted_and_can_be_taken_back(store):
+    message = journaled(store)
+
+    assert store.begin_processing(message.id) == 1
+    assert store.begin_processing(message.id) == 2
+    store.uncount_attempt(message.id)
+    assert store.begin_processing(message.id) == 2
+
+
+def test_an_attempt_count_never_goes_below_zero(store):
+    message = journaled(store)
+    store.uncount_attempt(message.id)
+    assert store.begin_processing(message.id) == 1
+
+
+# -- finishing a message ---------------------------------------------------------------------
+
+
+def test_finishing_with_replies_queues_one_row_each_in_one_step(store):
+    message = journaled(store)
+    parts = [OutgoingSms((CUSTOMER,), f"part {n}", part=n, parts=2) for n in (1, 2)]
+
+    store.finish_message(message.id, outgoing=parts, plugin="keywords")
+
+    assert store.message_state(message.id) == (PROCESSED, "")
+    rows = store.outbox_for(message.id)
+    assert [(r.text, r.part, r.parts, r.state, r.account) for r in rows] == [
+        ("part 1", 1, 2, PENDING, "default"),
+        ("part 2", 2, 2, PENDING, "default"),
+    ]
+    assert store.next_unprocessed() is None
+
+
+def test_finishing_without_replies_records_the_reason_and_who_decided(store):
+    message = journaled(store)
+
+    store.finish_message(message.id, outgoing=[], reason="opted out", decided_by="optout")
+
+    assert store.message_state(message.id) == (IGNORED, "opted out")
+    assert store.journal_since(0)[0].decided_by == "optout"
+    assert store.status().unanswered == {"optout": 1}
+
+
+def test_finishing_a_finished_message_queues_nothing_more(store):
+    message, _rows = queued(store, reply("a"))
+    store.finish_message(message.id, outgoing=[reply("again")])
+    assert [row.text for row in store.outbox_for(message.id)] == ["a"]
+
+
+def test_a_late_reply_answers_an_ignored_message(store):
+    message = journaled(store)
+    store.finish_message(message.id, outgoing=[], reason="awaiting webhook:crm")
+
+    store.add_replies(message.id, [reply("later")])
+
+    assert store.message_state(message.id) == (PROCESSED, "")
+    assert [row.text for row in store.outbox_for(message.id)] == ["later"]
+
+
+def test_a_vetoed_late_reply_notes_its_reason_and_who(store):
+    message = journaled(store)
+    store.finish_message(message.id, outgoing=[], reason="awaiting webhook:crm")
+
+    store.note_reason(message.id, "opted out", decided_by="optout")
+
+    assert store.message_state(message.id) == (IGNORED, "opted out")
+    assert store.journal_since(0)[0].decided_by == "optout"
+
+
+# -- the outbox --------------------------------------------------------------------------------
+
+
+def test_a_sent_reply_settles_its_message_as_replied(store):
+    message, [row] = queued(store)
+
+    assert store.due_outbox() == [row]
+    assert store.claim_send(row.id) == 1
+    assert store.due_outbox() == []
+    store.record_sent(row.id, raw="num=1&success=13800138000", errid=0)
+
+    assert store.message_state(message.id)[0] == REPLIED
+    assert store.outbox_for(message.id)[0].state == SENT
+    assert store.status().last_sent_at is not None
+
+
+def test_a_message_waits_for_all_its_rows_before_it_is_replied(store):
+    message, rows = queued(store, reply("1"), reply("2"))
+    store.claim_send(rows[0].id)
+    store.record_sent(rows[0].id, raw="", errid=0)
+    assert store.message_state(message.id)[0] == PROCESSED
+
+
+def test_a_retry_is_not_due_before_its_time_and_counts_attempts(backend, store):
+    _message, [row] = queued(store)
+    store.claim_send(row.id)
+
+    store.record_retry(row.id, error="timeout", retry_at=backend.clock.now + 60)
+
+    assert store.due_outbox() == []
+    backend.clock.advance(60)
+    [due] = store.due_outbox()
+    assert (due.id, due.attempts, due.last_error) == (row.id, 1, "timeout")
+    assert store.claim_send(row.id) == 2
+
+
+@pytest.mark.parametrize(
+    ("give_up", "row_state", "message_state"),
+    [
+        (lambda s, i: s.record_dead(i, error="refused", errid=-2), DEAD, FAILED),
+        (lambda s, i: s.record_uncertain(i, error="no answer"), UNCERTAIN, UNCERTAIN),
+    ],
+    ids=["dead", "uncertain"],
+)
+def test_a_reply_given_up_settles_its_message(store, give_up, row_state, message_state):
+    message, [row] = queued(store)
+    store.claim_send(row.id)
+
+    give_up(store, row.id)
+
+    assert store.outbox_for(message.id)[0].state == row_state
+    assert store.message_state(message.id)[0] == message_state
+
+
+def test_a_dead_row_fails_its_message_even_if_another_was_uncertain(store):
+    message, rows = queued(store, reply("1"), reply("2"))
+    for row in rows:
+        store.claim_send(row.id)
+    store.record_uncertain(rows[0].id, error="no answer")
+    store.record_dead(rows[1].id, error="refused")
+    assert store.message_state(message.id)[0] == FAILED
+
+
+def test_a_released_claim_is_pending_again_without_counting_the_attempt(store):
+    _message, [row] = queued(store)
+    store.claim_send(row.id)
+
+    store.release_claim(row.id, error="held: out of credit", errid=-4)
+
+    [due] = store.due_outbox()
+    assert (due.state, due.attempts, due.last_error) == (PENDING, 0, "held: out of credit")
+
+
+def test_uncertain_attempts_are_counted(store):
+    _message, [row] = queued(store)
+    store.claim_send(row.id)
+    store.record_retry(row.id, error="no answer", retry_at=0, uncertain=True)
+    assert store.due_outbox()[0].uncertain == 1
+    assert store.status().uncertain_sends == 1
+
+
+# -- recovery after a crash -------------------------------------------------------------------
+
+
+def test_rows_left_sending_by_a_crash_are_found_in_flight_after_a_restart(backend, store):
+    message, [row] = queued(store)
+    store.claim_send(row.id)
+    store.close()  # the process dies with the request under way
+
+    again = backend.open()
+
+    [in_flight] = again.in_flight()
+    assert (in_flight.id, in_flight.state, in_flight.attempts) == (row.id, SENDING, 1)
+    assert again.message_state(message.id)[0] == PROCESSED
+
+
+def test_a_message_journaled_before_a_crash_is_still_unprocessed_after_it(backend, store):
+    message = journaled(store)
+    store.close()
+    assert backend.open().next_unprocessed() == message
+
+
+# -- meta -----------------------------------------------------------------------------------
+
+
+def test_meta_values_are_kept_and_replaced(store):
+    assert store.get_meta("k") is None
+    store.set_meta("k", "1")
+    store.set_meta("k", "2")
+    assert store.get_meta("k") == "2"
+
+
+def test_the_read_marks_are_kept(store):
+    store.set_last_read_at(10.5)
+    store.set_last_read_end(11.5)
+    store.set_last_read_ok_at(12.5)
+    assert (store.last_read_at(), store.last_read_end(), store.last_read_ok_at()) == (
+        10.5,
+        11.5,
+        12.5,
+    )
+
+
+def test_reads_held_is_shown_in_the_status_until_cleared(store):
+    store.set_reads_held("1.0 MiB left")
+    assert store.status().reads_held == "1.0 MiB left"
+    store.set_reads_held("")
+    assert store.status().reads_held == ""
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+def test_retention_prunes_finished_messages_and_keeps_failed_ones(backend, store):
+    replied, [row] = queued(store)
+    store.claim_send(row.id)
+    store.record_sent(row.id, raw="", errid=0)
+    failed = journaled(store)
+    store.finish_message(failed.id, outgoing=[], reason="set aside", state=FAILED)
+    backend.clock.advance(2 * DAY)
+    fresh = journaled(store)
+
+    assert store.prune(1) == (1, 1)
+
+    assert store.get_message(replied.id) is None and store.outbox_for(replied.id) == []
+    assert store.get_message(failed.id) is not None
+    assert store.get_message(fresh.id) is not None
+    assert store.prune(0) == (0, 0)
+
+
+# -- status figures --------------------------------------------------------------------------
+
+
+def test_status_counts_messages_rows_reasons_and_sends(store):
+    _sent, [sent] = queued(store)
+    store.claim_send(sent.id)
+    store.record_sent(sent.id, raw="", errid=0)
+    _dead, [dead] = queued(store)
+    store.claim_send(dead.id)
+    store.record_dead(dead.id, error="refused", errid=-2)
+    queued(store)  # pending
+    for decided_by in ("guard", "guard", ""):
+        ignored = journaled(store)
+        reason = "rate limit" if decided_by else "no reply"
+        store.finish_message(ignored.id, outgoing=[], reason=reason, decided_by=decided_by)
+    journaled(store)  # received
+
+    status = store.status()
+
+    assert status.messages == {REPLIED: 1, FAILED: 1, PROCESSED: 1, IGNORED: 3, RECEIVED: 1}
+    assert status.outbox == {SENT: 1, DEAD: 1, PENDING: 1}
+    assert status.reasons == {"rate limit": 2, "no reply": 1}
+    assert status.unanswered == {"guard": 2, "no reply": 1}
+    assert status.sends == {(SENT, "0"): 1, (DEAD, "-2"): 1}
+    assert store.outbox_depth() == 1
+    assert status.last_message_at is not None
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+
+def test_two_accounts_identical_messages_are_both_journaled(store):
+    inbound = sms()
+
+    first = store.journal(inbound, account="default")
+    second = store.journal(inbound, account="branch")
+
+    assert first is not None and second is not None and first.id != second.id
+    assert (first.account, second.account) == ("default", "branch")
+    assert store.journal(inbound, account="branch") is None
+
+
+def test_each_account_works_on_its_own_rows_only(store):
+    ours, [our_row] = queued(store, account="default")
+    theirs, [their_row] = queued(store, account="branch")
+
+    assert store.next_unprocessed() is None
+    assert [r.id for r in store.due_outbox()] == [our_row.id]
+    assert [r.id for r in store.due_outbox(account="branch")] == [their_row.id]
+    assert their_row.account == "branch" and store.get_message(theirs.id).account == "branch"
+    assert [m.id for m in store.messages_since(0, account="branch")] == [theirs.id]
+    assert [m.id for m in store.messages_since(0, account=None)] == [ours.id, theirs.id]
+    assert store.outbox_depth() == 2 and store.outbox_depth(account="branch") == 1
+
+
+def test_in_flight_rows_are_recovered_per_account(store):
+    _ours, [our_row] = queued(store, account="default")
+    _theirs, [their_row] = queued(store, account="branch")
+    store.claim_send(our_row.id)
+    store.claim_send(their_row.id)
+    assert [r.id for r in store.in_flight()] == [our_row.id]
+    assert [r.id for r in store.in_flight(account="branch")] == [their_row.id]
+
+
+# -- plugins' own tables ---------------------------------------------------------------------
+
+STEPS = [
+    "CREATE TABLE notes_entries (id INTEGER PRIMARY KEY, number TEXT NOT NULL UNIQUE)",
+    "ALTER TABLE notes_entries ADD COLUMN note TEXT NOT NULL DEFAULT ''",
+]
+
+
+def test_plugin_migrations_apply_only_the_steps_not_applied_yet(store):
+    store.migrate("notes", STEPS[:1])
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO notes_entries (number) VALUES (?)", (CUSTOMER,))
+
+    store.migrate("notes", STEPS)
+    store.migrate("notes", STEPS)  # nothing more to apply: no error
+
+    rows = store.query("SELECT number, note FROM notes_entries")
+    assert [(row["number"], row["note"]) for row in rows] == [(CUSTOMER, "")]
+
+
+def test_a_plugin_table_not_created_yet_reads_as_empty_when_allowed(store):
+    assert store.query("SELECT * FROM notes_entries", missing_ok=True) == []
+
+
+def test_a_failed_plugin_transaction_changes_nothing(store):
+    store.migrate("notes", STEPS)
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.execute("INSERT INTO notes_entries (number) VALUES (?)", (CUSTOMER,))
+        raise RuntimeError("the plugin changed its mind")
+    assert store.query("SELECT * FROM notes_entries") == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda s: s.query("SELECT total FROM no_such_table"),
+        lambda s: s.query("SELEKT 1"),
+        lambda s: s.migrate("bad", ["CREATE TABLE"]),
+    ],
+    ids=["missing table", "syntax", "bad migration"],
+)
+def test_a_statement_the_store_refuses_is_a_statement_error_not_a_storage_failure(store, statement):
+    with pytest.raises(StatementError) as raised:
+        statement(store)
+    assert not is_storage_failure(raised.value)
+
+
+def test_a_broken_constraint_in_a_transaction_is_a_statement_error(store):
+    store.migrate("notes", STEPS)
+    with pytest.raises(StatementError), store.transaction() as tx:
+        tx.execute("INSERT INTO notes_entries (number) VALUES (?)", (CUSTOMER,))
+        tx.execute("INSERT INTO notes_entries (number) VALUES (?)", (CUSTOMER,))
+    store.set_meta("still", "usable")
+    assert store.get_meta("still") == "usable"
+
+
+# -- errors: the store's own, never the driver's --------------------------------------------
+
+WRITES: list[tuple[str, Callable[[StoreBackend, int], object]]] = [
+    ("journal", lambda s, _m: s.journal(sms("new"))),
+    ("begin_processing", lambda s, m: s.begin_processing(m)),
+    ("finish_message", lambda s, m: s.finish_message(m, outgoing=[reply()])),
+    ("add_replies", lambda s, m: s.add_replies(m, [reply()])),
+    ("note_reason", lambda s, m: s.note_reason(m, "x")),
+    ("set_meta", lambda s, _m: s.set_meta("k", "v")),
+    ("set_last_read_end", lambda s, _m: s.set_last_read_end(1.0)),
+    ("set_last_read_ok_at", lambda s, _m: s.set_last_read_ok_at(1.0)),
+    ("migrate", lambda s, _m: s.migrate("notes", STEPS)),
+    ("prune", lambda s, _m: s.prune(1)),
+    ("hand_sent_start", lambda s, _m: s.hand_sent_start([CUSTOMER], "hi", raw=False)),
+]
+
+
+@pytest.mark.parametrize(("name", "write"), WRITES, ids=[name for name, _ in WRITES])
+def test_every_write_the_store_refuses_is_a_store_error(backend, store, name, write):
+    message = journaled(store)
+    store.finish_message(message.id, outgoing=[])
+    backend.clock.advance(2 * DAY)  # so that prune has something to delete
+    other = journaled(store)
+    backend.refuse_writes(store)
+
+    with pytest.raises(StoreError) as raised:
+        write(store, other.id)
+
+    assert is_storage_failure(raised.value)
+    assert type(raised.value).__module__.startswith("responder.")  # not the driver's own
+
+
+def test_a_read_start_mark_the_store_refuses_is_journal_unwritable(backend, store):
+    backend.refuse_writes(store)
+    with pytest.raises(JournalUnwritable):
+        store.set_last_read_at(1.0)
+    assert store.probe_write() != ""
