@@ -406,5 +406,7 @@ def test_the_durable_queue_example_in_plugins_md_forwards_messages(
         first, second = crm.received()
         assert first.json() == second.json() == {"id": 1, "from": PHONE, "text": "CX"}
         assert daemon.app is not None
-        counts = daemon.app.queue("crm-forward").counts()
+        queue = daemon.app.queue("crm-forward")
+        # The item is marked done once the answer is back, a moment after the CRM saw it.
+        counts = wait_for(lambda: (c := queue.counts()).done == 1 and c)
         assert (counts.done, counts.pending, counts.dead) == (1, 0, 0)
