@@ -102,8 +102,9 @@ def one_run(
         inside = [
             sent - journaled
             for journaled, sent in conn.execute(
-                "SELECT m.journaled_at, MAX(o.sent_at) FROM messages m"
-                " JOIN outbox o ON o.message_id = m.id GROUP BY m.id"
+                "SELECT m.journaled_at, MAX(o.finished_at) FROM messages m"
+                " JOIN queue_items o ON o.message_id = m.id AND o.queue = 'outbox'"
+                " WHERE o.state = 'done' GROUP BY m.id"
             )
         ]
     return latencies, inside

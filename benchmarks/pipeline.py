@@ -9,8 +9,9 @@ Each run starts a fresh sandbox gateway (in this process, no read interval) hold
   built-in plugins (keywords with a few rules, optout, guard, webhook without targets).
   Every message goes the whole way: read, journal (SQLite, WAL, synchronous=FULL), the
   filters, the keyword reply, opt-out and guard checks, the outbox and the send.
-  Throughput is messages / (last ``outbox.sent_at`` − first ``messages.journaled_at``);
-  the per-message overhead is ``sent_at − journaled_at`` of each message (p50, p99);
+  Throughput is messages / (last reply sent: ``finished_at`` of the "outbox" queue's items
+  − first ``messages.journaled_at``);
+  the per-message overhead is ``finished_at − journaled_at`` of each message (p50, p99);
   peak RSS is the daemon's ``VmHWM``; start-up is the time from exec to the
   ``daemon_started`` log line and to the ``READY=1`` sd_notify message. CPU per message
   is the daemon's user + system time (``/proc/<pid>/stat``) from READY=1 to the last
@@ -228,8 +229,9 @@ def daemon_run(messages: int, folder: Path) -> tuple[float, float, float, float,
             daemon.stop()
     with sqlite3.connect(folder / "responder.db") as conn:
         pairs = conn.execute(
-            "SELECT m.journaled_at, MAX(o.sent_at) FROM messages m"
-            " JOIN outbox o ON o.message_id = m.id GROUP BY m.id"
+            "SELECT m.journaled_at, MAX(o.finished_at) FROM messages m"
+            " JOIN queue_items o ON o.message_id = m.id AND o.queue = 'outbox'"
+            " WHERE o.state = 'done' GROUP BY m.id"
         ).fetchall()
     assert len(pairs) == messages, f"{len(pairs)} of {messages} messages were answered"
     span = max(sent for _, sent in pairs) - min(journaled for journaled, _ in pairs)

@@ -17,7 +17,7 @@ from responder.models import PLATFORM_TZ, Message, Reply, StatusSection
 from responder.plugin_host import PluginHost
 from responder.queue import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, Backoff, DurableQueue
 from responder.stash import Stash
-from responder.store import Store, StoreBackend
+from responder.store import OUTBOX, Store, StoreBackend
 
 LATE_REPLIES = "late-replies"
 """The core's durable queue of late replies (``App.reply_later``)."""
@@ -109,9 +109,14 @@ class App:
         """A durable queue of JSON payloads in the store, by name (use your plugin's name as
         a prefix: "crm-sync"). Work it from an ``app.every`` job: ``claim``, then ``done``,
         ``retry`` or ``dead`` for each item; see responder.queue. The core's queue
-        "late-replies" is not open to plugins (use ``reply_later``)."""
+        "late-replies" is not open to plugins (use ``reply_later``), nor is "outbox" (the
+        send thread's: replies go there through the pipeline)."""
         if name == LATE_REPLIES:
             raise ValueError(f"the queue {LATE_REPLIES!r} is the core's: use app.reply_later")
+        if name == OUTBOX:
+            raise ValueError(
+                f"the queue {OUTBOX!r} is the core's: read it with app.store.outbox_for"
+            )
         return self._queue(name, backoff, max_attempts)
 
     def _queue(self, name: str, backoff: Backoff, max_attempts: int | None) -> DurableQueue:

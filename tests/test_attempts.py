@@ -38,7 +38,9 @@ class BadQuery:
 
 def fill_the_store(app) -> None:
     """No page more for this connection: the next write that needs one fails SQLITE_FULL,
-    as on a full disk."""
+    as on a full disk. VACUUM first: free pages (a table dropped by a migration) would
+    take the next writes."""
+    app.store.query("VACUUM")
     pages = app.store.query("PRAGMA page_count")[0][0]
     app.store.query(f"PRAGMA max_page_count = {pages}")
 

@@ -83,7 +83,9 @@ class Outcome:
 def finished(db, expected: int) -> bool:
     with sqlite3.connect(db) as conn:
         states = [row[0] for row in conn.execute("SELECT state FROM messages")]
-        open_sends = conn.execute("SELECT COUNT(*) FROM outbox WHERE state != 'sent'").fetchone()
+        open_sends = conn.execute(
+            "SELECT COUNT(*) FROM queue_items WHERE queue = 'outbox' AND state != 'done'"
+        ).fetchone()
     return len(states) == expected and set(states) <= {"replied", "ignored"} and not open_sends[0]
 
 

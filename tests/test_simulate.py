@@ -243,7 +243,7 @@ def _counts(db) -> tuple[int, int, int]:
     with sqlite3.connect(db) as conn:
         return tuple(
             conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            for table in ("messages", "outbox", "optout_numbers")
+            for table in ("messages", "queue_items", "optout_numbers")
         )
 
 

@@ -17,6 +17,7 @@ from responder.app import build_app
 from responder.config import ConfigError, settings_from_dict
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.store import (
+    DEAD,
     FAILED,
     MIN_FREE_BYTES,
     PENDING,
@@ -24,6 +25,7 @@ from responder.store import (
     RECEIVED,
     REPLIED,
     SCHEMA,
+    SENDING,
     SENT,
     UNCERTAIN,
     JournalUnwritable,
@@ -262,9 +264,111 @@ def test_foreign_keys_still_hold_after_the_migration(tmp_path):
             store.transaction() as tx,
         ):
             tx.execute(
-                "INSERT INTO outbox (message_id, recipients, text, next_attempt_at,"
-                " created_at) VALUES (999, '1', 'x', 0, 0)"
+                "INSERT INTO queue_items (queue, payload, message_id, next_attempt_at,"
+                " created_at) VALUES ('outbox', '{}', 999, 0, 0)"
             )
+    finally:
+        store.close()
+
+
+ODD_NUMBERS = '13800138000,+86 "138",a\\b'
+"""Recipients as a plugin may have given them: a quote or a backslash must survive the move."""
+
+
+def version_4_store(path: Path) -> None:
+    """A store as schema 4 left it: one message answered by an outbox row in each state."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for number, script in enumerate(SCHEMA[:4], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute(
+        "INSERT INTO messages (id, gateway_id, src, dst, text, raw, journaled_at, state,"
+        " account) VALUES (41, 7, '13800138000', '0888008', 'CX', 'id=7', 1.5, 'processed',"
+        " 'main')"
+    )
+    conn.executemany(
+        "INSERT INTO outbox (id, message_id, recipients, text, part, parts, plugin, state,"
+        " attempts, uncertain, next_attempt_at, last_error, result, errid, created_at, sent_at,"
+        " sender, account) VALUES (?, 41, ?, ?, ?, 5, 'keywords', ?, ?, ?, ?, ?, ?, ?, 2.5, ?,"
+        " '01', 'main')",
+        [
+            (1, "13800138000", "待发", 1, "pending", 1, 0, 9.0, "timed out", "", None, None),
+            (2, "13800138000,13900139000", "发送中", 2, "sending", 2, 1, 3.0, "", "", None, None),
+            (3, "13800138000", "已发", 3, "sent", 1, 0, 2.5, "", "num=1", 0, 4.0),
+            (4, "", "死信", 4, "dead", 3, 0, 2.5, "refused", "err", 6008, None),
+            (5, ODD_NUMBERS, "不确定", 5, "uncertain", 2, 2, 2.5, "gave up", "", None, None),
+        ],
+    )
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("old_id", "state", "recipients", "item"),
+    [  # item: (queue state, attempts, uncertain, next_attempt_at, last_error, result,
+        # errid, finished_at)
+        (1, PENDING, ("13800138000",), ("pending", 1, 0, 9.0, "timed out", "", None, None)),
+        (2, SENDING, ("13800138000", "13900139000"), ("claimed", 2, 1, 3.0, "", "", None, None)),
+        (3, SENT, ("13800138000",), ("done", 1, 0, 2.5, "", "num=1", 0, 4.0)),
+        (4, DEAD, (), ("dead", 3, 0, 2.5, "refused", "err", 6008, None)),
+        (
+            5,
+            UNCERTAIN,
+            tuple(ODD_NUMBERS.split(",")),
+            ("uncertain", 2, 2, 2.5, "gave up", "", None, None),
+        ),
+    ],
+)
+def test_a_version_4_outbox_row_moves_onto_the_outbox_queue_in_its_state(
+    tmp_path, old_id, state, recipients, item
+):
+    version_4_store(tmp_path / "responder.db")
+    store = Store(tmp_path / "responder.db")
+    try:
+        rows = store.outbox_for(41)
+        row = rows[old_id - 1]  # moved in the order of their ids
+        assert (row.state, row.recipients, row.part, row.parts) == (state, recipients, old_id, 5)
+        assert (row.plugin, row.sender, row.account, row.created_at) == (
+            "keywords",
+            "01",
+            "main",
+            2.5,
+        )
+        [stored] = store.query(
+            "SELECT state, attempts, uncertain, next_attempt_at, last_error, result, errid,"
+            " finished_at FROM queue_items WHERE queue = 'outbox' AND id = ?",
+            (row.id,),
+        )
+        assert tuple(stored) == item
+    finally:
+        store.close()
+
+
+def test_a_version_4_store_loses_its_outbox_table_and_keeps_its_keys(tmp_path):
+    version_4_store(tmp_path / "responder.db")
+    store = Store(tmp_path / "responder.db")
+    try:
+        assert store.query("PRAGMA user_version")[0][0] == len(SCHEMA)
+        tables = {row[0] for row in store.query("SELECT name FROM sqlite_master")}
+        assert "outbox" not in tables and "queue_items" in tables
+        assert len(store.outbox_for(41)) == 5
+        assert store.query("PRAGMA foreign_key_check") == []
+        assert store.query("PRAGMA integrity_check")[0][0] == "ok"
+    finally:
+        store.close()
+
+
+def test_a_migrated_sending_row_is_in_flight_and_settles_its_message(tmp_path):
+    version_4_store(tmp_path / "responder.db")
+    store = Store(tmp_path / "responder.db")
+    try:
+        [row] = store.in_flight(account="main")
+        assert row.text == "发送中"
+        store.record_uncertain(row.id, error="gave up")
+        [pending] = store.due_outbox(account="main")
+        store.claim_send(pending.id)
+        store.record_sent(pending.id, raw="num=1", errid=0)
+        assert store.message_state(41)[0] == FAILED  # one of its rows is a dead letter
     finally:
         store.close()
 

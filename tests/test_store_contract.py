@@ -20,6 +20,7 @@ from responder.store import (
     DEAD,
     FAILED,
     IGNORED,
+    OUTBOX,
     PENDING,
     PROCESSED,
     RECEIVED,
@@ -35,6 +36,7 @@ from responder.store import (
     StoreError,
     is_storage_failure,
 )
+from responder.store.queues import QueueCounts
 from tests.conftest import Clock
 
 DAY = 86400.0
@@ -324,6 +326,50 @@ def test_uncertain_attempts_are_counted(store):
     store.record_retry(row.id, error="no answer", retry_at=0, uncertain=True)
     assert store.due_outbox()[0].uncertain == 1
     assert store.status().uncertain_sends == 1
+
+
+# -- the outbox is the durable queue "outbox" ----------------------------------------------------
+
+
+def test_outbox_rows_are_items_of_the_outbox_queue_in_its_states(store):
+    _message, rows = queued(store, reply("1"), reply("2"), reply("3"), reply("4"))
+    for row in rows[1:]:
+        store.claim_send(row.id)
+    store.record_sent(rows[1].id, raw="num=1", errid=0)
+    store.record_uncertain(rows[2].id, error="no answer")
+
+    assert store.queue_counts(OUTBOX) == QueueCounts(pending=1, claimed=1, done=1, uncertain=1)
+    [claimed] = store.queue_items(OUTBOX, state="claimed")
+    assert claimed.id == rows[3].id and claimed.payload["text"] == "4"
+
+
+def test_a_row_given_up_before_any_attempt_settles_its_message(store):
+    message, [row] = queued(store)  # too old to send: dead-lettered without being claimed
+
+    store.record_dead(row.id, error="stale: queued too long ago")
+
+    assert store.outbox_for(message.id)[0].state == DEAD
+    assert store.message_state(message.id)[0] == FAILED
+
+
+def test_a_released_claim_stays_due_when_it_was(backend, store):
+    _message, [row] = queued(store)
+    store.claim_send(row.id)
+    backend.clock.advance(60)
+
+    store.release_claim(row.id, error="held: login refused")
+
+    assert store.due_outbox()[0].next_attempt_at == row.next_attempt_at
+
+
+def test_sent_rows_outlive_the_queue_pruning_and_go_with_their_message(backend, store):
+    message, [row] = queued(store)
+    store.claim_send(row.id)
+    store.record_sent(row.id, raw="num=1", errid=0)
+    backend.clock.advance(DAY)
+
+    assert store.queue_prune(backend.clock.now) == 0
+    assert [r.state for r in store.outbox_for(message.id)] == [SENT]
 
 
 # -- recovery after a crash -------------------------------------------------------------------

@@ -285,6 +285,12 @@ def test_plugins_cannot_open_the_late_reply_queue(sandbox, tmp_path, make_app):
         app.queue(LATE_REPLIES)
 
 
+def test_plugins_cannot_open_the_outbox_queue(sandbox, tmp_path, make_app):
+    app = make_app(config_dict(sandbox, tmp_path))
+    with pytest.raises(ValueError, match="outbox_for"):
+        app.queue("outbox")
+
+
 def test_app_queue_is_a_durable_queue_by_name(sandbox, tmp_path, make_app):
     app = make_app(config_dict(sandbox, tmp_path))
     queue = app.queue("crm-sync")

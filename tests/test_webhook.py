@@ -1340,7 +1340,7 @@ def test_kill_9_during_a_hanging_call_then_restart_answers_once(
         second = daemons(config, tmp_path / "second.log")
         [sms] = wait_for(sandbox.sent)
         store = Store(tmp_path / "responder.db")
-        wait_for(lambda: store.query("SELECT state FROM outbox")[0][0] == "sent")
+        wait_for(lambda: store.outbox_for(1)[0].state == "sent")
         second.signal(15)
         assert second.wait() == 0
     finally:

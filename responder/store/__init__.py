@@ -1,4 +1,4 @@
-"""The durable store: the journal, the outbox, the durable queues and plugins' own tables.
+"""The durable store: the journal, the durable queues (the outbox is one) and plugins' own tables.
 
 ``Store`` is the SQLite store (``responder.store.sqlite``), the one backend today;
 ``StoreBackend`` (``responder.store.backend``) is what any backend provides, and all
@@ -22,6 +22,7 @@ from responder.store.schema import (
     DEAD,
     FAILED,
     IGNORED,
+    OUTBOX,
     PENDING,
     PROCESSED,
     RECEIVED,
@@ -45,6 +46,7 @@ __all__ = [
     "FAILED",
     "IGNORED",
     "MIN_FREE_BYTES",
+    "OUTBOX",
     "PENDING",
     "PROCESSED",
     "PRUNE_BATCH",

@@ -293,6 +293,10 @@ class CoreBackend(Protocol):
     def note_reason(self, message_id: int, reason: str, *, decided_by: str = "") -> None: ...
 
     # -- outbox ----------------------------------------------------------------------------
+    # The outbox is the durable queue "outbox" (``OUTBOX``; QueueBackend's items): these name
+    # its states as the outbox does (claimed is "sending", done is "sent") and make the
+    # queue's transitions, keeping the gateway's answer, and settle a message once every
+    # row of it is final, in the transaction of that row's final state.
 
     def due_outbox(self, limit: int = 20, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]: ...
 

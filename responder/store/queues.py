@@ -16,8 +16,11 @@ QUEUE_PENDING: Final = "pending"
 QUEUE_CLAIMED: Final = "claimed"
 QUEUE_DONE: Final = "done"
 QUEUE_DEAD: Final = "dead"
-QUEUE_STATES: Final = (QUEUE_PENDING, QUEUE_CLAIMED, QUEUE_DONE, QUEUE_DEAD)
-"""The states of a queue item: pending → claimed → done, or back to pending, or dead."""
+QUEUE_UNCERTAIN: Final = "uncertain"
+QUEUE_STATES: Final = (QUEUE_PENDING, QUEUE_CLAIMED, QUEUE_DONE, QUEUE_DEAD, QUEUE_UNCERTAIN)
+"""The states of a queue item: pending → claimed → done, or back to pending, or dead; or
+uncertain (given up on, but the work may have happened: the outbox's SMS whose outcome was
+unknown). Done, dead and uncertain are final (``requeue_dead`` revives dead ones)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class QueueCounts:
     claimed: int = 0
     done: int = 0
     dead: int = 0
+    uncertain: int = 0
 
 
 class QueueBackend(Protocol):

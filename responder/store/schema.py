@@ -110,6 +110,31 @@ SCHEMA: Final = (
     CREATE UNIQUE INDEX queue_items_key ON queue_items (queue, key) WHERE key IS NOT NULL;
     CREATE INDEX queue_items_due ON queue_items (queue, state, next_attempt_at);
     """,
+    # version 5: the outbox is a queue ("outbox") on the durable queue. An item may answer
+    # a message (message_id), keep the gateway's last answer (result, errid) and count the
+    # attempts whose outcome was unknown; "uncertain" is a terminal state besides done and
+    # dead. Every outbox row moves over (sending → claimed, sent → done), then the table goes.
+    """
+    ALTER TABLE queue_items ADD COLUMN message_id INTEGER REFERENCES messages (id);
+    ALTER TABLE queue_items ADD COLUMN result TEXT NOT NULL DEFAULT '';
+    ALTER TABLE queue_items ADD COLUMN errid INTEGER;
+    ALTER TABLE queue_items ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX queue_items_by_message ON queue_items (message_id)
+        WHERE message_id IS NOT NULL;
+    INSERT INTO queue_items (queue, account, payload, state, attempts, next_attempt_at,
+        last_error, created_at, finished_at, message_id, result, errid, uncertain)
+        SELECT 'outbox', account, json_object(
+            'recipients', json((WITH RECURSIVE split (number, rest) AS (
+                    SELECT NULL, outbox.recipients || ','
+                    UNION ALL SELECT substr(rest, 1, instr(rest, ',') - 1),
+                        substr(rest, instr(rest, ',') + 1) FROM split WHERE rest != '')
+                SELECT json_group_array(number) FROM split WHERE number != '')),
+            'text', text, 'part', part, 'parts', parts, 'plugin', plugin, 'sender', sender),
+        CASE state WHEN 'sending' THEN 'claimed' WHEN 'sent' THEN 'done' ELSE state END,
+        attempts, next_attempt_at, last_error, created_at, sent_at, message_id, result, errid,
+        uncertain FROM outbox ORDER BY id;
+    DROP TABLE outbox;
+    """,
 )
 """Core schema migrations; the database's ``user_version`` counts those applied."""
 
@@ -121,7 +146,10 @@ IGNORED: Final = "ignored"  # no reply: dropped, unanswered or vetoed (see reaso
 FAILED: Final = "failed"  # a reply was given up on (see the outbox row)
 # UNCERTAIN (below): every reply settled, at least one given up with an unknown outcome
 
-# Outbox states.
+# Outbox states: how the store names the states of the "outbox" queue's items (the
+# durable queue's claimed is "sending", its done is "sent").
+OUTBOX: Final = "outbox"
+"""The name of the durable queue the outbox is (``queue_items.queue``)."""
 PENDING: Final = "pending"
 SENDING: Final = "sending"
 SENT: Final = "sent"

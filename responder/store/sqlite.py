@@ -39,6 +39,7 @@ from responder.store.queues import (
     QUEUE_DONE,
     QUEUE_PENDING,
     QUEUE_STATES,
+    QUEUE_UNCERTAIN,
     QueueCounts,
     QueueItem,
 )
@@ -46,7 +47,7 @@ from responder.store.schema import (
     DEAD,
     FAILED,
     IGNORED,
-    PENDING,
+    OUTBOX,
     PROCESSED,
     RECEIVED,
     REPLIED,
@@ -152,21 +153,26 @@ def _of_account(account: str | None) -> tuple[str, tuple[str, ...]]:
     return ("account = ?", (account,)) if account is not None else ("1", ())
 
 
+_OUTBOX_STATE: Final = {QUEUE_CLAIMED: SENDING, QUEUE_DONE: SENT}
+"""The outbox's names for the states of its queue's items (the others are the same)."""
+
+
 def _outbox(row: sqlite3.Row) -> OutboxRow:
+    payload = json.loads(row["payload"])
     return OutboxRow(
         id=row["id"],
         message_id=row["message_id"],
-        recipients=tuple(filter(None, row["recipients"].split(","))),
-        text=row["text"],
-        part=row["part"],
-        parts=row["parts"],
-        plugin=row["plugin"],
-        state=row["state"],
+        recipients=tuple(filter(None, payload["recipients"])),
+        text=payload["text"],
+        part=payload["part"],
+        parts=payload["parts"],
+        plugin=payload["plugin"],
+        state=_OUTBOX_STATE.get(row["state"], row["state"]),
         attempts=row["attempts"],
         uncertain=row["uncertain"],
         next_attempt_at=row["next_attempt_at"],
         last_error=row["last_error"],
-        sender=row["sender"],
+        sender=payload["sender"],
         created_at=row["created_at"],
         account=row["account"],
     )
@@ -175,19 +181,25 @@ def _outbox(row: sqlite3.Row) -> OutboxRow:
 def _insert_outbox(
     tx: sqlite3.Connection, message_id: int, outgoing: Sequence[OutgoingSms], now: float
 ) -> None:
-    tx.executemany(  # each row goes out through the account of the message it answers
-        "INSERT INTO outbox (message_id, recipients, text, part, parts, plugin, sender,"
-        " next_attempt_at, created_at, account) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, account"
-        " FROM messages WHERE id = ?",
+    """Queue SMS on the "outbox" queue, each answering ``message_id`` and going out through
+    that message's account."""
+    tx.executemany(
+        "INSERT INTO queue_items (queue, account, payload, message_id, next_attempt_at,"
+        " created_at) SELECT ?, account, ?, id, ?, ? FROM messages WHERE id = ?",
         [
             (
-                message_id,
-                ",".join(o.recipients),
-                o.text,
-                o.part,
-                o.parts,
-                o.plugin,
-                o.sender,
+                OUTBOX,
+                _queue_json(
+                    OUTBOX,
+                    {
+                        "recipients": list(o.recipients),
+                        "text": o.text,
+                        "part": o.part,
+                        "parts": o.parts,
+                        "plugin": o.plugin,
+                        "sender": o.sender,
+                    },
+                ),
                 now,
                 now,
                 message_id,
@@ -195,6 +207,10 @@ def _insert_outbox(
             for o in outgoing
         ],
     )
+
+
+_OUTBOX_ITEM: Final = "SELECT * FROM queue_items WHERE queue = 'outbox'"
+"""The outbox's items (every column: ``_outbox`` reads them)."""
 
 
 _REPLY_LOOKBACK: Final = 86400.0
@@ -739,13 +755,16 @@ class Store:
             )
 
     # -- outbox ----------------------------------------------------------------------
+    # The outbox is the durable queue "outbox" (queue_items): the transitions are the
+    # queue's (_queue_claim, _queue_back, _queue_finish); these add the gateway's answer
+    # and settle the message once its every SMS is.
 
     def due_outbox(self, limit: int = 20, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
         """The account's rows due for a send attempt, oldest first."""
         rows = self.query(
-            "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ? AND account = ?"
+            f"{_OUTBOX_ITEM} AND state = ? AND next_attempt_at <= ? AND account = ?"
             " ORDER BY id LIMIT ?",
-            (PENDING, self.clock(), account, limit),
+            (QUEUE_PENDING, self.clock(), account, limit),
         )
         return [_outbox(row) for row in rows]
 
@@ -755,34 +774,30 @@ class Store:
         A row found in this state after a restart is a send whose outcome is unknown.
         """
         with self.transaction() as tx:
-            tx.execute(
-                "UPDATE outbox SET state = ?, attempts = attempts + 1 WHERE id = ?",
-                (SENDING, row_id),
-            )
-            return tx.execute("SELECT attempts FROM outbox WHERE id = ?", (row_id,)).fetchone()[0]
+            _queue_claim(tx, [row_id])
+            return tx.execute(
+                "SELECT attempts FROM queue_items WHERE id = ?", (row_id,)
+            ).fetchone()[0]
 
     def release_claim(self, row_id: int, *, error: str, errid: int | None = None) -> None:
         """Put a row being sent back in the queue as if it had not been attempted: the
         gateway refused the account (login, credit), not this SMS."""
         with self.transaction() as tx:
-            tx.execute(
-                "UPDATE outbox SET state = ?, attempts = MAX(attempts - 1, 0), last_error = ?,"
-                " errid = ? WHERE id = ? AND state = ?",
-                (PENDING, error, errid, row_id, SENDING),
-            )
+            if _queue_back(tx, row_id, error=error, uncount=True):
+                tx.execute("UPDATE queue_items SET errid = ? WHERE id = ?", (errid, row_id))
 
     def record_sent(self, row_id: int, *, raw: str, errid: int | None) -> None:
-        self._resolve(row_id, SENT, raw=raw, errid=errid, error="")
+        self._resolve(row_id, QUEUE_DONE, raw=raw, errid=errid, error="")
 
     def record_dead(
         self, row_id: int, *, error: str, raw: str = "", errid: int | None = None
     ) -> None:
-        self._resolve(row_id, DEAD, raw=raw, errid=errid, error=error)
+        self._resolve(row_id, QUEUE_DEAD, raw=raw, errid=errid, error=error)
 
     def record_uncertain(self, row_id: int, *, error: str) -> None:
         """Give up on a send whose outcome is unknown: never sent again (it may have gone
         out); counted as an uncertain attempt."""
-        self._resolve(row_id, UNCERTAIN, raw="", errid=None, error=error, uncertain=True)
+        self._resolve(row_id, QUEUE_UNCERTAIN, raw="", errid=None, error=error, uncertain=True)
 
     def record_retry(
         self,
@@ -795,11 +810,8 @@ class Store:
         uncertain: bool = False,
     ) -> None:
         with self.transaction() as tx:
-            tx.execute(
-                "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, result = ?,"
-                " errid = ?, uncertain = uncertain + ? WHERE id = ?",
-                (PENDING, retry_at, error, raw, errid, int(uncertain), row_id),
-            )
+            if _queue_back(tx, row_id, error=error, at=retry_at):
+                _outbox_answer(tx, row_id, raw=raw, errid=errid, uncertain=uncertain)
 
     def _resolve(
         self,
@@ -811,44 +823,43 @@ class Store:
         error: str,
         uncertain: bool = False,
     ) -> None:
+        """A row's final state (claimed, or pending when given up on unsent), and its
+        message's once every row of it is final: one transaction."""
         now = self.clock()
         with self.transaction() as tx:
-            tx.execute(
-                "UPDATE outbox SET state = ?, result = ?, errid = ?, last_error = ?,"
-                " uncertain = uncertain + ?,"
-                " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
-                (state, raw, errid, error, int(uncertain), state, now, row_id),
-            )
+            if not _queue_finish(tx, row_id, state, error, now, unclaimed=True):
+                return
+            _outbox_answer(tx, row_id, raw=raw, errid=errid, uncertain=uncertain)
             message_id = tx.execute(
-                "SELECT message_id FROM outbox WHERE id = ?", (row_id,)
+                "SELECT message_id FROM queue_items WHERE id = ?", (row_id,)
             ).fetchone()[0]
             open_rows, dead_rows, uncertain_rows = tx.execute(
                 "SELECT SUM(state IN (?, ?)), SUM(state = ?), SUM(state = ?)"
-                " FROM outbox WHERE message_id = ?",
-                (PENDING, SENDING, DEAD, UNCERTAIN, message_id),
+                " FROM queue_items WHERE queue = ? AND message_id = ?",
+                (QUEUE_PENDING, QUEUE_CLAIMED, QUEUE_DEAD, QUEUE_UNCERTAIN, OUTBOX, message_id),
             ).fetchone()
             if not open_rows:
                 settled = FAILED if dead_rows else UNCERTAIN if uncertain_rows else REPLIED
                 tx.execute("UPDATE messages SET state = ? WHERE id = ?", (settled, message_id))
 
     def in_flight(self, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
-        """The account's rows left in "sending" by a process that died: their outcome is
+        """The account's rows left "sending" by a process that died: their outcome is
         unknown."""
         rows = self.query(
-            "SELECT * FROM outbox WHERE state = ? AND account = ? ORDER BY id", (SENDING, account)
+            f"{_OUTBOX_ITEM} AND state = ? AND account = ? ORDER BY id", (QUEUE_CLAIMED, account)
         )
         return [_outbox(row) for row in rows]
 
     def outbox_for(self, message_id: int) -> list[OutboxRow]:
-        rows = self.query("SELECT * FROM outbox WHERE message_id = ? ORDER BY id", (message_id,))
+        rows = self.query(f"{_OUTBOX_ITEM} AND message_id = ? ORDER BY id", (message_id,))
         return [_outbox(row) for row in rows]
 
     def outbox_depth(self, *, account: str | None = None) -> int:
         """SMS waiting to be sent: pending or being sent (``account`` None: every account)."""
         where, params = _of_account(account)
         rows = self.query(
-            f"SELECT COUNT(*) FROM outbox WHERE state IN (?, ?) AND {where}",
-            (PENDING, SENDING, *params),
+            f"SELECT COUNT(*) FROM queue_items WHERE queue = ? AND state IN (?, ?) AND {where}",
+            (OUTBOX, QUEUE_PENDING, QUEUE_CLAIMED, *params),
         )
         return int(rows[0][0])
 
@@ -875,10 +886,10 @@ class Store:
         cutoff = self.clock() - keep_days * 86400.0
         finished = (
             "state IN (?, ?) AND journaled_at < ? AND COALESCE(processed_at, 0) < ? AND NOT EXISTS"
-            " (SELECT 1 FROM outbox o WHERE o.message_id = messages.id AND (o.state != ?"
-            " OR COALESCE(o.sent_at, o.created_at) >= ?))"
+            " (SELECT 1 FROM queue_items o WHERE o.message_id = messages.id AND (o.state != ?"
+            " OR COALESCE(o.finished_at, o.created_at) >= ?))"
         )
-        params = (REPLIED, IGNORED, cutoff, cutoff, SENT, cutoff)
+        params = (REPLIED, IGNORED, cutoff, cutoff, QUEUE_DONE, cutoff)
         messages = rows = 0
         while True:
             found = self.query(
@@ -898,7 +909,7 @@ class Store:
                 ]
                 marks = ",".join("?" * len(ids))
                 rows += tx.execute(
-                    f"DELETE FROM outbox WHERE message_id IN ({marks})", ids
+                    f"DELETE FROM queue_items WHERE message_id IN ({marks})", ids
                 ).rowcount
                 messages += tx.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids).rowcount
             if len(found) < batch or stop():
@@ -918,21 +929,30 @@ class Store:
         # Aliases unlike any column: GROUP BY binds a column first (outbox.result is the raw
         # answer, distinct per row), which would give one group per row.
         sends = self.query(
-            "SELECT CASE WHEN state IN (?, ?, ?) THEN state ELSE 'retrying' END AS send_result,"
-            " COALESCE(CAST(errid AS TEXT), '') AS last_errid, COUNT(*) AS n"
-            " FROM outbox WHERE attempts > 0 GROUP BY send_result, last_errid",
-            (SENT, DEAD, UNCERTAIN),
+            "SELECT CASE state WHEN ? THEN ? WHEN ? THEN ? WHEN ? THEN ? ELSE 'retrying' END"
+            " AS send_result, COALESCE(CAST(errid AS TEXT), '') AS last_errid, COUNT(*) AS n"
+            " FROM queue_items WHERE queue = ? AND attempts > 0 GROUP BY send_result, last_errid",
+            (QUEUE_DONE, SENT, QUEUE_DEAD, DEAD, QUEUE_UNCERTAIN, UNCERTAIN, OUTBOX),
         )
-
-        last_sent = self.query("SELECT MAX(sent_at) FROM outbox")[0][0]
+        outbox: dict[str, int] = {}
+        for state, count in self.query(
+            "SELECT state, COUNT(*) FROM queue_items WHERE queue = ? GROUP BY state", (OUTBOX,)
+        ):
+            outbox[_OUTBOX_STATE.get(state, state)] = count
+        last_sent = self.query(
+            "SELECT MAX(finished_at) FROM queue_items WHERE queue = ? AND state = ?",
+            (OUTBOX, QUEUE_DONE),
+        )[0][0]
         last_message = self.query("SELECT MAX(journaled_at) FROM messages")[0][0]
         return StoreStatus(
             messages=grouped("SELECT state, COUNT(*) FROM messages GROUP BY state"),
-            outbox=grouped("SELECT state, COUNT(*) FROM outbox GROUP BY state"),
+            outbox=outbox,
             reasons=grouped(
                 f"SELECT reason, COUNT(*) FROM messages WHERE {not_answered} GROUP BY reason"
             ),
-            uncertain_sends=self.query("SELECT COALESCE(SUM(uncertain), 0) FROM outbox")[0][0],
+            uncertain_sends=self.query(
+                "SELECT COALESCE(SUM(uncertain), 0) FROM queue_items WHERE queue = ?", (OUTBOX,)
+            )[0][0],
             last_read_at=self.last_read_at(),
             last_message_at=last_message,
             last_sent_at=last_sent,
@@ -1025,11 +1045,7 @@ class Store:
                 " AND state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
                 (queue, account, QUEUE_PENDING, now, limit),
             ).fetchall()
-            tx.executemany(
-                "UPDATE queue_items SET state = ?, attempts = attempts + 1"
-                " WHERE id = ? AND state = ?",
-                [(QUEUE_CLAIMED, row["id"], QUEUE_PENDING) for row in rows],
-            )
+            _queue_claim(tx, [row["id"] for row in rows])
         return [
             replace(_queue_item(row), state=QUEUE_CLAIMED, attempts=row["attempts"] + 1)
             for row in rows
@@ -1056,11 +1072,7 @@ class Store:
     def queue_back(self, item_id: int, *, attempts: int, error: str, at: float) -> None:
         """A claimed item is pending again, due at ``at``, with ``attempts`` counted."""
         with self.transaction() as tx:
-            tx.execute(
-                "UPDATE queue_items SET state = ?, attempts = ?, last_error = ?,"
-                " next_attempt_at = ? WHERE id = ? AND state = ?",
-                (QUEUE_PENDING, attempts, error, at, item_id, QUEUE_CLAIMED),
-            )
+            _queue_back(tx, item_id, error=error, at=at, attempts=attempts)
 
     def queue_recover(
         self, queue: str, *, max_attempts: int | None, error: str, account: str = "default"
@@ -1141,10 +1153,13 @@ class Store:
         return rows[0][0] if rows else None
 
     def queue_prune(self, before: float) -> int:
-        """Delete done items (of every queue) finished before ``before``; dead ones stay."""
+        """Delete done items (of every queue) finished before ``before``; dead ones stay, and
+        so do items answering a message (the outbox's): they go with it (``prune``)."""
         with self.transaction() as tx:
             return tx.execute(
-                "DELETE FROM queue_items WHERE state = ? AND finished_at < ?", (QUEUE_DONE, before)
+                "DELETE FROM queue_items WHERE state = ? AND finished_at < ?"
+                " AND message_id IS NULL",
+                (QUEUE_DONE, before),
             ).rowcount
 
     # -- what plugins ask of the journal -----------------------------------
@@ -1165,8 +1180,9 @@ class Store:
         until = self.clock() if until is None else until
         rows = self.query(
             "SELECT COUNT(DISTINCT o.message_id) FROM messages m"
-            " JOIN outbox o ON o.message_id = m.id"
-            " WHERE m.src = ? AND m.journaled_at >= ? AND o.recipients = ?"
+            " JOIN queue_items o ON o.message_id = m.id AND o.queue = 'outbox'"
+            " WHERE m.src = ? AND m.journaled_at >= ?"
+            " AND json_extract(o.payload, '$.recipients') = json_array(?)"
             " AND o.created_at >= ? AND o.created_at <= ?"
             " AND (? IS NULL OR m.account = ?)",
             (number, since - _REPLY_LOOKBACK, number, since, until, account, account),
@@ -1265,9 +1281,66 @@ def _queue_item(row: sqlite3.Row) -> QueueItem:
     )
 
 
-def _queue_finish(tx: sqlite3.Connection, item_id: int, state: str, error: str, now: float) -> None:
+# The transitions of a queue item: the one state machine of every queue, the outbox's too.
+
+
+def _queue_claim(tx: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """pending → claimed, its attempt counted."""
+    tx.executemany(
+        "UPDATE queue_items SET state = ?, attempts = attempts + 1 WHERE id = ? AND state = ?",
+        [(QUEUE_CLAIMED, item_id, QUEUE_PENDING) for item_id in ids],
+    )
+
+
+def _queue_back(
+    tx: sqlite3.Connection,
+    item_id: int,
+    *,
+    error: str,
+    at: float | None = None,
+    attempts: int | None = None,
+    uncount: bool = False,
+) -> bool:
+    """claimed → pending, due at ``at`` (None: when it was due), with ``attempts`` counted
+    (None: as claimed, one fewer with ``uncount``). False when it was not claimed."""
+    return (
+        tx.execute(
+            "UPDATE queue_items SET state = ?, last_error = ?,"
+            " next_attempt_at = COALESCE(?, next_attempt_at),"
+            " attempts = COALESCE(?, MAX(attempts - ?, 0)) WHERE id = ? AND state = ?",
+            (QUEUE_PENDING, error, at, attempts, int(uncount), item_id, QUEUE_CLAIMED),
+        ).rowcount
+        == 1
+    )
+
+
+def _queue_finish(
+    tx: sqlite3.Connection,
+    item_id: int,
+    state: str,
+    error: str,
+    now: float,
+    *,
+    unclaimed: bool = False,
+) -> bool:
+    """claimed (or, with ``unclaimed``, pending: given up on unattempted) → done, dead or
+    uncertain. False when it was in neither state."""
+    return (
+        tx.execute(
+            "UPDATE queue_items SET state = ?, last_error = ?, finished_at = ?"
+            " WHERE id = ? AND state IN (?, ?)",
+            (state, error, now, item_id, QUEUE_CLAIMED, QUEUE_PENDING if unclaimed else None),
+        ).rowcount
+        == 1
+    )
+
+
+def _outbox_answer(
+    tx: sqlite3.Connection, item_id: int, *, raw: str, errid: int | None, uncertain: bool
+) -> None:
+    """What the gateway answered an outbox item's attempt (and whether its outcome was
+    unknown)."""
     tx.execute(
-        "UPDATE queue_items SET state = ?, last_error = ?, finished_at = ?"
-        " WHERE id = ? AND state = ?",
-        (state, error, now, item_id, QUEUE_CLAIMED),
+        "UPDATE queue_items SET result = ?, errid = ?, uncertain = uncertain + ? WHERE id = ?",
+        (raw, errid, int(uncertain), item_id),
     )

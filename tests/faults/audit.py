@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -92,7 +93,10 @@ def settled(sandbox: RecordingSandbox, db: Path, expected: int = 0) -> bool:
         return False
     try:
         messages = rows(db, "SELECT state FROM messages")
-        open_rows = rows(db, "SELECT id FROM outbox WHERE state IN ('pending', 'sending')")
+        open_rows = rows(
+            db,
+            "SELECT id FROM queue_items WHERE queue = 'outbox' AND state IN ('pending', 'claimed')",
+        )
     except sqlite3.OperationalError:  # the daemon is creating the schema
         return False
     done = all(row["state"] in FINAL_MESSAGE_STATES for row in messages)
@@ -149,11 +153,17 @@ def audit(
         result.problems.append(f"injected but never journaled: {sorted(unexplained)}")
     result.read_answer_lost_logged = log_text.count('"read_answer_lost"')
 
-    outbox = rows(db, "SELECT id, recipients, text, state, uncertain FROM outbox")
+    outbox = rows(  # the outbox is the durable queue "outbox"; its done is "sent"
+        db,
+        "SELECT id, json_extract(payload, '$.recipients') AS recipients,"
+        " json_extract(payload, '$.text') AS text,"
+        " CASE state WHEN 'done' THEN 'sent' ELSE state END AS state, uncertain"
+        " FROM queue_items WHERE queue = 'outbox'",
+    )
     sent = Counter((s.numbers, s.text) for s in sandbox.sent())
     result.replies_due = len(outbox)
     for row in outbox:
-        copies = sent[(tuple(row["recipients"].split(",")), row["text"])]
+        copies = sent[(tuple(json.loads(row["recipients"])), row["text"])]
         result.uncertain += row["uncertain"]
         if row["state"] != "sent":
             result.problems.append(f"outbox row {row['id']} is {row['state']}, not sent")

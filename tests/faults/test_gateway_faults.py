@@ -96,7 +96,7 @@ def test_on_uncertain_give_up_never_sends_twice(gateway, tmp_path, daemons):
     wait_for(lambda: settled(gateway, db, 1))
     finish(daemon)
     assert len(gateway.sent()) == 1
-    [row] = rows(db, "SELECT state, last_error FROM outbox")
+    [row] = rows(db, "SELECT state, last_error FROM queue_items WHERE queue = 'outbox'")
     assert row["state"] == "uncertain" and "gave up" in row["last_error"]
     assert rows(db, "SELECT state FROM messages")[0]["state"] == "uncertain"
 
