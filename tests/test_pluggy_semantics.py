@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from responder import Deferred, Message, Reply, Veto, hookimpl, pipeline
 from responder.app import App
-from responder.plugin_host import BEFORE_SEND, FILTER, MESSAGE_HOOKS, OBSERVE, REPLY
+from responder.isolation import BEFORE_SEND, FILTER, MESSAGE_HOOKS, OBSERVE, REPLY
 from responder.store import StoreError
 from tests.conftest import offline_config
 

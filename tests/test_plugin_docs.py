@@ -16,7 +16,7 @@ import pytest
 
 from responder import hookspecs
 from responder.app import build_app
-from responder.plugin_host import MESSAGE_HOOKS
+from responder.isolation import MESSAGE_HOOKS
 from responder.testing import make_settings
 
 DOC = Path(__file__).parent.parent / "docs" / "plugins.md"
