@@ -24,7 +24,9 @@ from responder.config import (  # noqa: E402
     redact_url,
     resolve_secret,
 )
+from responder.conversations import Conversation, ConversationHandle  # noqa: E402
 from responder.gateway import error_reason  # noqa: E402
+from responder.hours import OpeningDay, OpeningHours  # noqa: E402
 from responder.models import (  # noqa: E402
     PLATFORM_TZ,
     Deferred,
@@ -58,11 +60,15 @@ __all__ = [
     "CommandRegistry",
     "ConfigError",
     "ConfigSection",
+    "Conversation",
+    "ConversationHandle",
     "Deferred",
     "Delivery",
     "DurableQueue",
     "InboundSms",
     "Message",
+    "OpeningDay",
+    "OpeningHours",
     "QueueCounts",
     "QueueItem",
     "Reply",

@@ -11,13 +11,15 @@ from typing import Any
 import structlog
 
 from responder.config import ConfigError, Settings
+from responder.conversations import Conversation, ConversationHandle
 from responder.gateway import GatewayClient, ReadGate
+from responder.hours import OpeningHours
 from responder.logs import redactor
 from responder.models import PLATFORM_TZ, Message, Reply, StatusSection
 from responder.plugin_host import PluginHost
 from responder.queue import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, Backoff, DurableQueue
 from responder.stash import Stash
-from responder.store import OUTBOX, Store, StoreBackend
+from responder.store import DEFAULT_ACCOUNT, OUTBOX, Store, StoreBackend
 
 LATE_REPLIES = "late-replies"
 """The core's durable queue of late replies (``App.reply_later``)."""
@@ -37,9 +39,9 @@ class App:
     """Settings, store, gateway client, plugins and clock of one running configuration.
 
     Plugins use: ``settings``, ``store``, ``gateway``, ``log``, ``plugin_config(name)``,
-    ``time()`` / ``now()`` (never the system clock directly, so tests can control
-    time), ``every(...)``, ``queue(...)``, ``reply_later(...)`` and
-    ``fallback_reply(...)``. ``dry_run`` is true under
+    ``hours`` (opening hours), ``time()`` / ``now()`` (never the system clock directly, so
+    tests can control time), ``every(...)``, ``queue(...)``, ``reply_later(...)``,
+    ``fallback_reply(...)`` and ``conversation(...)``. ``dry_run`` is true under
     ``responder simulate`` and ``replay``: a plugin must then change nothing.
     """
 
@@ -69,7 +71,27 @@ class App:
         daemon wakes the processing worker for "late-replies")."""
         self._configs = dict(configs)
         self.stash = Stash()
+        self.dry_conversations: dict[tuple[str, str], Conversation | None] = {}
+        """Under ``dry_run``: conversations as this run changed them, by (account, number)
+        (None: ended); never written."""
         """Plugins' state for the life of this app, by ``StashKey`` (see responder.stash)."""
+        self.hours = OpeningHours(settings.hours)
+        """The opening hours of ``[hours]`` (always open without it): ``is_open(app.now())``,
+        ``next_opening(app.now())``; see responder.hours."""
+
+    # -- conversations (see "Conversation state" in docs/plugins.md) ---------------------
+
+    def conversation(
+        self, message: Message | str, *, account: str | None = None
+    ) -> ConversationHandle:
+        """The conversation of a message's sender with its account (or of a number, in
+        ``account``, "default" unless named): read it (``current``), ``start``, ``move``
+        or ``end`` it. Changes made while the message is handled are committed with its
+        outcome (dropped when the plugin raises); otherwise at once; never under
+        ``dry_run`` (they last in memory for the run)."""
+        if isinstance(message, Message):
+            return ConversationHandle(self, message.src, account or message.account, message.id)
+        return ConversationHandle(self, message, account or DEFAULT_ACCOUNT, None)
 
     def redact(self, *secrets: str) -> None:
         """Hide these values (and their escaped and percent-encoded forms) in every log line.

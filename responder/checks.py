@@ -18,6 +18,7 @@ from typing import Final
 from responder.app import App
 from responder.config import read_settings
 from responder.gateway import GatewayClient
+from responder.hours import calendar_covers
 from responder.plugin_host import PluginHost
 from responder.store import Store
 from responder.text import SMS_LIMIT
@@ -66,7 +67,8 @@ def check_configuration(
 
 
 def core_warnings(app: App) -> list[str]:
-    """Opt-out off, and a signature the gateway encoding cannot carry."""
+    """Opt-out off, a signature the gateway encoding cannot carry, and opening hours in a
+    year the holiday calendar does not know."""
     settings = app.settings
     warnings = []
     if OPTOUT_PLUGIN not in app.plugins.names():
@@ -79,6 +81,15 @@ def core_warnings(app: App) -> list[str]:
     lost = unencodable(settings.replies.signature, encoding)
     if lost:
         warnings.append(f"{settings.source}: replies.signature: {_cannot_carry(lost, encoding)}")
+    hours = settings.hours
+    year = app.now().year
+    if hours.week and hours.workdays_follow_calendar and not calendar_covers(year):
+        warnings.append(
+            f"{settings.source}: hours.workdays_follow_calendar: the chinesecalendar package "
+            f"does not know China's official holidays of {year}, so opening hours follow the "
+            "plain week and [hours] overrides: update the package (pip install -U "
+            "chinesecalendar), or add the holidays as [[hours.overrides]]"
+        )
     return warnings
 
 

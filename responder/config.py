@@ -15,10 +15,13 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from responder.hours import WEEKDAYS, Span, parse_ranges
 
 PASSWORD_ENV: Final = "RESPONDER_GATEWAY_PASSWORD"
 CREDENTIAL_NAME: Final = "gateway-password"
@@ -360,6 +363,26 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class HoursSettings:
+    """``[hours]``: opening hours (platform time), read through ``responder.OpeningHours``."""
+
+    week: tuple[tuple[Span, ...], ...] = ()
+    """Opening ranges of Monday..Sunday in minutes; () = no ``[hours]``: always open."""
+    workday_spans: tuple[Span, ...] = ()
+    """The hours of an adjusted working day (调休) that falls on a weekend."""
+    workdays_follow_calendar: bool = True
+    """Official holidays closed and 调休 weekend days open, from China's calendar."""
+    overrides: tuple[tuple[date, tuple[Span, ...]], ...] = ()
+    """Per-date opening ranges (empty: closed), winning over everything else."""
+    overrides_by_date: Mapping[date, tuple[Span, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides_by_date", MappingProxyType(dict(self.overrides)))
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     gateway: GatewaySettings
@@ -368,6 +391,7 @@ class Settings:
     plugins: PluginSettings = PluginSettings()
     replies: ReplySettings = ReplySettings()
     metrics: MetricsSettings = MetricsSettings()
+    hours: HoursSettings = HoursSettings()
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     """The raw tables not read by the core: plugins' sections."""
 
@@ -376,7 +400,7 @@ class Settings:
         return tuple(s for s in (self.gateway.password,) if s)
 
 
-CORE_SECTIONS: Final = ("gateway", "store", "log", "plugins", "replies", "metrics")
+CORE_SECTIONS: Final = ("gateway", "store", "log", "plugins", "replies", "metrics", "hours")
 
 
 def load_settings(path: str | os.PathLike[str], *, need_password: bool = True) -> Settings:
@@ -453,6 +477,8 @@ def collect_settings(
     plugins = _plugins(root.get_table("plugins"))
     replies = _replies(root.get_table("replies"))
     metrics = _metrics(root.get_table("metrics"))
+    hours_table = root.get_table("hours")
+    hours = _hours(hours_table) if isinstance(data.get("hours"), dict) else HoursSettings()
     sections: dict[str, Mapping[str, Any]] = {}
     for key, value in data.items():
         if key in CORE_SECTIONS:
@@ -469,6 +495,7 @@ def collect_settings(
         plugins=plugins,
         replies=replies,
         metrics=metrics,
+        hours=hours,
         sections=MappingProxyType(sections),
     )
     return settings, problems
@@ -757,3 +784,80 @@ def _metrics(table: Table) -> MetricsSettings:
             table.error("listen", f'must be "host:port" such as "127.0.0.1:9108", got {listen!r}')
     table.finish()
     return MetricsSettings(listen=listen)
+
+
+def _ranges(table: Table, key: str, text: str) -> tuple[Span, ...] | None:
+    try:
+        return parse_ranges(text)
+    except ValueError as err:
+        table.error(key, f'must be opening times such as "09:00-18:00" or "" (closed): {err}')
+        return None
+
+
+def _hours(table: Table) -> HoursSettings:
+    week: list[tuple[Span, ...]] = [()] * 7
+    given = False
+    weekdays_spans: tuple[Span, ...] | None = None
+    table.get_raw("weekdays")  # known, for the hint of a misspelt key
+    if "weekdays" in table:
+        weekdays_spans = _ranges(table, "weekdays", table.get_str("weekdays", ""))
+        week[:5] = [weekdays_spans or ()] * 5
+        given = True
+    for index, key in enumerate(WEEKDAYS):
+        if key in table:
+            week[index] = _ranges(table, key, table.get_str(key, "")) or ()
+            given = True
+        else:
+            table.get_raw(key)  # known, so an unknown key's hint can suggest it
+    follow = table.get_bool("workdays_follow_calendar", HoursSettings.workdays_follow_calendar)
+    overrides: dict[date, tuple[Span, ...]] = {}
+    for item in table.get_tables("overrides"):
+        when = _override_date(item)
+        spans: tuple[Span, ...] | None = ()
+        if item.get_bool("closed", False):
+            if "open" in item:
+                item.error("open", 'set either open = "..." or closed = true, not both')
+        elif "open" in item:
+            spans = _ranges(item, "open", item.get_str("open", ""))
+        else:
+            item.error("open", 'is required: open = "09:00-12:00", or closed = true')
+        item.finish()
+        if when is None or spans is None:
+            continue
+        if when in overrides:
+            item.error("date", f"{when.isoformat()} is overridden twice: keep one of them")
+        overrides[when] = spans
+    if not given:
+        table.error(
+            "weekdays",
+            'opening times are required in [hours]: weekdays = "09:00-18:00" (Monday to '
+            'Friday) and/or mon ... sun = "09:00-18:00"; remove [hours] to be always open',
+        )
+    table.finish()
+    if not given:
+        return HoursSettings()
+    workday = weekdays_spans if weekdays_spans is not None else week[0]
+    return HoursSettings(
+        week=tuple(week),
+        workday_spans=workday,
+        workdays_follow_calendar=follow,
+        overrides=tuple(sorted(overrides.items())),
+    )
+
+
+def _override_date(table: Table) -> date | None:
+    """``date = "2026-12-24"`` or a TOML date, ``date = 2026-12-24``."""
+    if "date" not in table:
+        table.get_str("date")  # records "is required"
+        return None
+    value = table.get_raw("date")
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    got = table.got("date", value)
+    table.error("date", f'must be a date YYYY-MM-DD such as "2026-12-24", {got}')
+    return None

@@ -66,6 +66,11 @@ JOB_STOP_TIMEOUT: Final = 2.0
 them: their threads end with the process."""
 RETENTION_INTERVAL: Final = 3600.0
 """Seconds between two runs of the retention job (``store.keep_days``); one runs at start."""
+EXPIRY_INTERVAL: Final = 30.0
+"""Seconds between two runs of the job that ends expired conversations; one runs at start
+(an expired conversation reads as absent before it runs)."""
+EXPIRY_BATCH: Final = 500
+"""Conversations ended per transaction by the expiry job."""
 STOP_MARGIN: Final = 5.0
 """Seconds beyond a read's longest request for a stop to journal what the read brought."""
 CORE: Final = "default"
@@ -208,6 +213,13 @@ class Daemon:
             lambda: self.guarded("retention", self._retention_step),
             IntervalTrigger(seconds=RETENTION_INTERVAL),
             id="retention",
+            next_run_time=self._utc_in(0),
+            executor=CORE,
+        )
+        self._scheduler.add_job(
+            lambda: self.guarded("conversation-expiry", self._expiry_step),
+            IntervalTrigger(seconds=EXPIRY_INTERVAL),
+            id="conversation-expiry",
             next_run_time=self._utc_in(0),
             executor=CORE,
         )
@@ -584,6 +596,26 @@ class Daemon:
                 queue_items=items,
                 keep_days=keep_days,
             )
+        return False
+
+    def _expiry_step(self) -> bool:
+        """End the conversations past their expiry, in batches, logging each."""
+        app = self.app
+        assert app is not None
+        while not self.stopping.is_set():
+            ended = app.store.expire_conversations(limit=EXPIRY_BATCH)
+            for conversation in ended:
+                log.info(
+                    "conversation_expired",
+                    account=conversation.account,
+                    number=conversation.number,
+                    flow=conversation.flow,
+                    step=conversation.step,
+                    state=conversation.state,
+                    who=conversation.who or None,
+                )
+            if len(ended) < EXPIRY_BATCH:
+                break
         return False
 
     def _process_step(self) -> bool:

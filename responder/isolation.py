@@ -29,6 +29,7 @@ from typing import Any, Final
 import pluggy
 import structlog
 
+from responder.conversations import Staging
 from responder.models import Deferred, Reply, Veto
 from responder.store import StoreError
 
@@ -52,6 +53,9 @@ class CallState(threading.local):
     before-send chain is under way (the hook called other than by the pipeline)."""
     dropped_by: str = ""
     """The plugin whose filter reason won the last filter call."""
+    staging: Staging | None = None
+    """The conversation changes staged while a message is handled (see
+    responder.conversations); an implementation that raises has its own dropped."""
 
 
 class HookCalls:
@@ -174,11 +178,15 @@ def _isolated(plugin: str, hook: str, function: Callable[..., Any], calls: HookC
                 args = (*args[:position], chain, *args[position + 1 :])
             elif "reply" in kwargs:
                 kwargs["reply"] = chain
+        staging = state.staging
+        mark = staging.mark() if staging is not None else 0
         try:
             result = function(*args, **kwargs)
         except _STORE_ERRORS:
             raise
         except Exception:
+            if staging is not None:
+                staging.rollback(mark)
             calls.failed(plugin, hook)
             return None
         if calls.trace:

@@ -1,7 +1,8 @@
 """What happens to one journaled message: filter → reply → observe → before-send → outbox.
 
 ``decide`` runs the plugins and composes the SMS without changing anything (it is what
-``responder simulate`` shows); ``process`` does the same and commits the outcome.
+``responder simulate`` shows); ``process`` does the same and commits the outcome, with
+the conversation changes the plugins staged meanwhile (``app.conversation``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import structlog
 
 from responder.app import App
 from responder.config import GatewaySettings
+from responder.conversations import Staging, overlay, staged
 from responder.gateway import LONG_SMS_LIMIT
 from responder.models import Deferred, Message, Reply, Veto
 from responder.queue import DurableQueue, QueueItem
@@ -237,6 +239,16 @@ def process(app: App, message: Message) -> Decision:
         bound.error("message_set_aside", reason=reason, action="see the log of the attempts")
         app.store.finish_message(message.id, outgoing=[], reason=reason, state=FAILED)
         return Decision(message=message)
+    with staged(app, message) as staging:
+        return _process(app, message, bound, staging)
+
+
+def _process(
+    app: App, message: Message, bound: structlog.typing.FilteringBoundLogger, staging: Staging
+) -> Decision:
+    """``process`` once the attempt is counted: the conversation changes the plugins make
+    meanwhile are staged in ``staging`` and committed with the outcome (never under
+    ``dry_run``: they go to the run's overlay)."""
     try:
         decision = decide(app, message)
     except StoreError as err:
@@ -257,12 +269,17 @@ def process(app: App, message: Message) -> Decision:
             queued = outgoing(app, message, decision.final, decision.composed)
             _warn_composition(bound, decision.composed)
         won = decision.answer
+        changes = list(staging.changes)
+        if app.dry_run:
+            overlay(app, changes)
+            changes = []
         app.store.finish_message(
             message.id,
             outgoing=queued,
             reason=decision.reason,
             plugin=won.plugin if won is not None else "",
             decided_by=decision.decided_by,
+            conversations=changes,
         )
     except StoreError as err:
         _uncount_store_failure(app, message, err)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from responder.app import App
+from responder.conversations import overlay, staged
 from responder.models import PLATFORM_TZ, Message, Reply
 from responder.pipeline import Decision, decide
 
@@ -101,8 +102,12 @@ def describe(app: App, message: Message) -> tuple[tuple[str, str], ...]:
 
 
 def simulate(app: App, message: Message) -> Simulated:
-    """Decide a message, commit nothing, and describe the outcome."""
-    decision = decide(app, message)
+    """Decide a message, commit nothing, and describe the outcome. The conversation
+    changes the plugins make go to the run's overlay (``app.dry_conversations``), so the
+    next message of the run sees them."""
+    with staged(app, message) as staging:
+        decision = decide(app, message)
+    overlay(app, staging.changes)
     won, composed = decision.answer, decision.composed
     return Simulated(
         text=message.text,

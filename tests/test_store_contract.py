@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from responder.conversations import Conversation, ConversationChange
 from responder.models import PLATFORM_TZ, InboundSms
 from responder.store import (
     DEAD,
@@ -575,6 +576,7 @@ WRITES: list[tuple[str, Callable[[StoreBackend, int], object]]] = [
     ("migrate", lambda s, _m: s.migrate("notes", STEPS)),
     ("prune", lambda s, _m: s.prune(1)),
     ("hand_sent_start", lambda s, _m: s.hand_sent_start([CUSTOMER], "hi", raw=False)),
+    ("start_conversation", lambda s, _m: s.start_conversation(Conversation(CUSTOMER))),
 ]
 
 
@@ -598,3 +600,161 @@ def test_a_read_start_mark_the_store_refuses_is_journal_unwritable(backend, stor
     with pytest.raises(JournalUnwritable):
         store.set_last_read_at(1.0)
     assert store.probe_write() != ""
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+def conversation(store: StoreBackend, number: str = CUSTOMER, **kwargs) -> Conversation:
+    now = store.clock()
+    values = {"flow": "booking", "step": "date", "started_at": now, "updated_at": now}
+    return Conversation(number, **{**values, **kwargs})
+
+
+def test_a_started_conversation_is_read_back_whole(store):
+    started = conversation(
+        store,
+        fields={"name": "王"},
+        context={"campaign": "秋季", "n": 2},
+        expires_at=store.clock() + 60,
+        who="booking-bot",
+    )
+    store.start_conversation(started)
+    assert store.get_conversation(CUSTOMER) == started
+
+
+def test_starting_a_conversation_replaces_the_one_under_way(store):
+    store.start_conversation(conversation(store, fields={"date": "12月3日"}))
+    store.start_conversation(conversation(store, flow="survey", step="q1"))
+    found = store.get_conversation(CUSTOMER)
+    assert (found.flow, found.step, dict(found.fields)) == ("survey", "q1", {})
+
+
+def test_a_move_changes_the_step_merges_fields_and_keeps_the_expiry(backend, store):
+    store.start_conversation(conversation(store, fields={"date": "12月3日"}, expires_at=5e9))
+    backend.clock.advance(10)
+    moved = store.move_conversation(CUSTOMER, step="slot", fields={"slot": "上午"})
+    assert moved == store.get_conversation(CUSTOMER)
+    assert (moved.step, dict(moved.fields)) == ("slot", {"date": "12月3日", "slot": "上午"})
+    assert (moved.expires_at, moved.updated_at) == (5e9, backend.clock())
+
+
+def test_a_move_may_set_a_new_expiry_or_none(store):
+    store.start_conversation(conversation(store, expires_at=5e9))
+    assert store.move_conversation(CUSTOMER, expires_at=6e9).expires_at == 6e9
+    assert store.move_conversation(CUSTOMER, expires_at=None).expires_at is None
+
+
+@pytest.mark.parametrize(
+    ("expect_step", "moved"), [("date", True), ("slot", False)], ids=["at-it", "elsewhere"]
+)
+def test_a_move_with_an_expected_step_applies_only_at_that_step(store, expect_step, moved):
+    store.start_conversation(conversation(store, step="date"))
+    result = store.move_conversation(CUSTOMER, step="phone", expect_step=expect_step)
+    assert (result is not None) == moved
+    assert store.get_conversation(CUSTOMER).step == ("phone" if moved else "date")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.move_conversation(CUSTOMER, step="x"),
+        lambda s: s.end_conversation(CUSTOMER),
+    ],
+    ids=["move", "end"],
+)
+def test_moving_or_ending_a_conversation_that_is_not_there_returns_none(store, change):
+    assert change(store) is None
+    assert store.get_conversation(CUSTOMER) is None
+
+
+def test_ending_a_conversation_returns_it_and_removes_it(store):
+    started = store.start_conversation(conversation(store))
+    assert store.end_conversation(CUSTOMER) == started
+    assert store.get_conversation(CUSTOMER) is None
+
+
+def test_an_expired_conversation_is_absent_before_it_is_expired(backend, store):
+    store.start_conversation(conversation(store, expires_at=store.clock() + 60))
+    backend.clock.advance(60)
+    assert store.get_conversation(CUSTOMER) is None
+    assert store.move_conversation(CUSTOMER, step="slot") is None
+    assert store.conversations() == []
+
+
+def test_expiry_ends_the_conversations_past_their_time_and_returns_them(backend, store):
+    now = store.clock()
+    late = store.start_conversation(conversation(store, "13900000001", expires_at=now + 10))
+    store.start_conversation(conversation(store, "13900000002", expires_at=now + 100))
+    store.start_conversation(conversation(store, "13900000003", expires_at=None))
+    store.start_conversation(conversation(store, "13900000004", expires_at=now + 5, step="s"))
+    backend.clock.advance(10)
+
+    ended = store.expire_conversations()
+
+    assert sorted(c.number for c in ended) == ["13900000001", "13900000004"]
+    assert late in ended
+    assert store.expire_conversations() == []
+    left = sorted(c.number for c in store.conversations())
+    assert left == ["13900000002", "13900000003"]
+
+
+def test_expiry_ends_at_most_the_limit_at_a_time(backend, store):
+    for n in range(3):
+        store.start_conversation(conversation(store, f"1390000000{n}", expires_at=1.0))
+    assert len(store.expire_conversations(limit=2)) == 2
+    assert len(store.expire_conversations(limit=2)) == 1
+
+
+def test_each_account_has_its_own_conversation_with_a_number(store):
+    store.start_conversation(conversation(store, step="date"))
+    store.start_conversation(conversation(store, step="q1", flow="survey", account="branch"))
+
+    store.move_conversation(CUSTOMER, step="slot", account="branch")
+    store.end_conversation(CUSTOMER)
+
+    assert store.get_conversation(CUSTOMER) is None
+    theirs = store.get_conversation(CUSTOMER, account="branch")
+    assert (theirs.account, theirs.flow, theirs.step) == ("branch", "survey", "slot")
+    assert store.conversations() == []
+    assert [c.account for c in store.conversations(account=None)] == ["branch"]
+
+
+def test_conversations_are_listed_by_state_newest_first_and_paged(backend, store):
+    for n, state in enumerate(["active", "with_person", "active", "active"]):
+        store.start_conversation(conversation(store, f"1390000000{n}", state=state))
+        backend.clock.advance(1)
+    active = [c.number for c in store.conversations(state="active")]
+    assert active == ["13900000003", "13900000002", "13900000000"]
+    paged = [c.number for c in store.conversations(state="active", limit=2, offset=1)]
+    assert paged == ["13900000002", "13900000000"]
+    assert [c.number for c in store.conversations(state="with_person")] == ["13900000001"]
+
+
+def test_finishing_a_message_applies_its_conversation_changes_with_it(store):
+    message = journaled(store)
+    start = ConversationChange(
+        "start", "default", CUSTOMER, store.clock(), started=conversation(store)
+    )
+    move = ConversationChange(
+        "move", "default", CUSTOMER, store.clock(), step="slot", fields={"date": "明天"}
+    )
+    store.finish_message(message.id, outgoing=[reply()], conversations=[start, move])
+    found = store.get_conversation(CUSTOMER)
+    assert (found.step, dict(found.fields)) == ("slot", {"date": "明天"})
+    assert store.message_state(message.id)[0] == PROCESSED
+
+
+def test_finishing_a_finished_message_applies_no_conversation_change(store):
+    message = journaled(store)
+    store.finish_message(message.id, outgoing=[])
+    end = ConversationChange("end", "default", CUSTOMER, store.clock())
+    store.start_conversation(conversation(store))
+    store.finish_message(message.id, outgoing=[], conversations=[end])
+    assert store.get_conversation(CUSTOMER) is not None
+
+
+def test_a_conversation_outlives_a_restart(backend, store):
+    started = store.start_conversation(conversation(store, fields={"date": "明天"}))
+    store.close()
+    assert backend.open().get_conversation(CUSTOMER) == started

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from responder.config import settings_from_dict
+from responder.conversations import Conversation
 from responder.daemon import Daemon
 from responder.sandbox import Sandbox
 from responder.store import Store
@@ -61,6 +62,24 @@ def test_the_daemon_prunes_old_finished_messages_when_it_starts(sandbox, tmp_pat
 
     wait_for(lambda: daemon.store.get_message(old) is None)
     assert daemon.store.get_message(new) is not None
+
+
+def test_the_daemon_ends_expired_conversations_when_it_starts(sandbox, tmp_path, run_daemon):
+    store = Store(tmp_path / "responder.db")
+    now = time.time()
+    for number, expires_at in (("13800138000", now - 1), ("13900139000", now + DAY)):
+        store.start_conversation(
+            Conversation(number, "booking", "date", started_at=now, expires_at=expires_at)
+        )
+    store.close()
+
+    daemon = run_daemon(sandbox)
+
+    def numbers() -> list[str]:
+        rows = daemon.store.query("SELECT number FROM conversations ORDER BY number")
+        return [row["number"] for row in rows]
+
+    wait_for(lambda: numbers() == ["13900139000"])
 
 
 def test_a_new_message_with_a_reused_id_is_answered_after_a_platform_reset(tmp_path, run_daemon):

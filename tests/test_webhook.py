@@ -194,6 +194,7 @@ def test_request_carries_the_message_as_utf8_json(hook_app, receiver) -> None:
         "opted_out": False,
         "dropped": None,
         "reply_expected": False,
+        "conversation": None,
     }
 
 

@@ -15,19 +15,21 @@ Rules every backend keeps:
   broken constraint) is a ``StatementError``, the caller's bug (``is_storage_failure``).
 - Every change a method makes is one committed transaction: a crash at any instant
   leaves each message and reply in a state it reached.
-- Every row that belongs to an account carries it (messages, outbox rows, queue items).
+- Every row that belongs to an account carries it (messages, outbox rows, queue items,
+  conversations).
   There is one account, "default", until several are served; methods that pick rows to
   work on take ``account`` and see that account's rows only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from responder.conversations import KEEP, Conversation, ConversationChange, Keep
 from responder.models import InboundSms, Message
 
 DEFAULT_ACCOUNT: Final = "default"
@@ -172,8 +174,9 @@ class CoreBackend(Protocol):
 
     Plugins call the message, outbox and status methods, and keep their own tables
     with ``migrate``, ``query`` and ``transaction`` (SQL on the plugin's OWN tables only,
-    never on the core's: messages, outbox, meta, queue_items, plugin_schema; the SQL is
-    the backend's dialect, SQLite's today, with ``?`` placeholders).
+    never on the core's: messages, outbox, meta, queue_items, conversations,
+    plugin_schema; the SQL is the backend's dialect, SQLite's today, with ``?``
+    placeholders).
     """
 
     path: Path
@@ -283,9 +286,11 @@ class CoreBackend(Protocol):
         plugin: str = "",
         state: str | None = None,
         decided_by: str = "",
+        conversations: Sequence[ConversationChange] = (),
     ) -> None:
-        """Queue a message's replies and record its outcome, in one transaction; nothing
-        for a message already finished."""
+        """Queue a message's replies, record its outcome and apply the conversation
+        changes made while it was handled, in one transaction; nothing for a message
+        already finished."""
 
     def add_replies(self, message_id: int, outgoing: Sequence[OutgoingSms]) -> None:
         """Queue further replies to an already processed message."""
@@ -359,6 +364,63 @@ class CoreBackend(Protocol):
 
     def status(self) -> StoreStatus:
         """The figures of ``responder status`` and the metrics, over every account."""
+        ...
+
+    # -- conversations -----------------------------------------------------------------
+    # One row per (account, number) in a conversation. A conversation past its expires_at
+    # is absent for every method before ``expire_conversations`` ends it. Plugins use
+    # ``app.conversation(...)``, which stages changes made while a message is handled.
+
+    def get_conversation(
+        self, number: str, *, account: str = DEFAULT_ACCOUNT
+    ) -> Conversation | None: ...
+
+    def start_conversation(self, conversation: Conversation) -> Conversation:
+        """Commit a conversation, replacing the number's one under way in its account."""
+        ...
+
+    def move_conversation(
+        self,
+        number: str,
+        *,
+        step: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        expires_at: float | Keep | None = KEEP,
+        expect_step: str | None = None,
+        account: str = DEFAULT_ACCOUNT,
+    ) -> Conversation | None:
+        """Move a conversation to ``step``, merging ``fields`` into those collected; with
+        ``expect_step``, only when it is at that step. None when none was moved."""
+        ...
+
+    def end_conversation(
+        self, number: str, *, account: str = DEFAULT_ACCOUNT
+    ) -> Conversation | None:
+        """End a conversation; the one ended, or None."""
+        ...
+
+    def change_conversations(
+        self, changes: Sequence[ConversationChange]
+    ) -> list[Conversation | None]:
+        """Apply changes in order, in one transaction; each one's result as the methods
+        above return it."""
+        ...
+
+    def expire_conversations(self, *, limit: int = 500) -> list[Conversation]:
+        """End up to ``limit`` conversations past their expires_at (every account), in one
+        transaction; returns them, for the caller to log or notify."""
+        ...
+
+    def conversations(
+        self,
+        *,
+        state: str | None = None,
+        account: str | None = DEFAULT_ACCOUNT,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Conversation]:
+        """Conversations under way (of ``state``; ``account`` None: all), the most recently
+        moved first."""
         ...
 
     # -- what plugins ask of the journal ------------------------------------

@@ -135,6 +135,28 @@ SCHEMA: Final = (
         uncertain FROM outbox ORDER BY id;
     DROP TABLE outbox;
     """,
+    # version 6: conversations, one row per (account, number) in one: its flow and step,
+    # the fields collected (a JSON object), its state ("active", "with_person", ...), when
+    # it expires (NULL: never), what an outbound send attached (context) and its owner.
+    """
+    CREATE TABLE conversations (
+        account TEXT NOT NULL DEFAULT 'default',
+        number TEXT NOT NULL,
+        flow TEXT NOT NULL DEFAULT '',
+        step TEXT NOT NULL DEFAULT '',
+        fields TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL DEFAULT 'active',
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL,
+        context TEXT NOT NULL DEFAULT '{}',
+        who TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (account, number)
+    );
+    CREATE INDEX conversations_by_expiry ON conversations (expires_at)
+        WHERE expires_at IS NOT NULL;
+    CREATE INDEX conversations_by_state ON conversations (account, state, updated_at);
+    """,
 )
 """Core schema migrations; the database's ``user_version`` counts those applied."""
 

@@ -15,13 +15,20 @@ import resource
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from responder.conversations import (
+    KEEP,
+    Conversation,
+    ConversationChange,
+    Keep,
+    change_result,
+)
 from responder.models import InboundSms, Message
 from responder.store.interface import (
     DEFAULT_ACCOUNT,
@@ -719,8 +726,10 @@ class Store:
         plugin: str = "",
         state: str | None = None,
         decided_by: str = "",
+        conversations: Sequence[ConversationChange] = (),
     ) -> None:
-        """Queue a message's replies and record its outcome, in one transaction.
+        """Queue a message's replies, record its outcome and apply the conversation
+        changes made while it was handled, in one transaction.
 
         ``reason`` is why it got no reply, ``decided_by`` who decided that (a plugin's
         name), each in its own column. Does nothing for a message already finished: its
@@ -736,6 +745,8 @@ class Store:
             )
             if updated.rowcount == 1:
                 _insert_outbox(tx, message_id, outgoing, now)
+                for change in conversations:
+                    _change_conversation(tx, change, now)
 
     def add_replies(self, message_id: int, outgoing: Sequence[OutgoingSms]) -> None:
         """Queue further replies to an already processed message (answers that came later).
@@ -1162,6 +1173,102 @@ class Store:
                 (QUEUE_DONE, before),
             ).rowcount
 
+    # -- conversations ------------------------------------------------------------
+    # One row per (account, number); a row past its expires_at reads as absent.
+
+    def get_conversation(
+        self, number: str, *, account: str = DEFAULT_ACCOUNT
+    ) -> Conversation | None:
+        rows = self.query(
+            f"{_CONVERSATION} WHERE account = ? AND number = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (account, number, self.clock()),
+        )
+        return _conversation(rows[0]) if rows else None
+
+    def start_conversation(self, conversation: Conversation) -> Conversation:
+        change = ConversationChange(
+            "start",
+            conversation.account,
+            conversation.number,
+            conversation.updated_at,
+            started=conversation,
+        )
+        result = self.change_conversations([change])[0]
+        assert result is not None
+        return result
+
+    def move_conversation(
+        self,
+        number: str,
+        *,
+        step: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        expires_at: float | Keep | None = KEEP,
+        expect_step: str | None = None,
+        account: str = DEFAULT_ACCOUNT,
+    ) -> Conversation | None:
+        change = ConversationChange(
+            "move",
+            account,
+            number,
+            self.clock(),
+            step=step,
+            fields=dict(fields or {}),
+            expires_at=expires_at,
+            expect_step=expect_step,
+        )
+        return self.change_conversations([change])[0]
+
+    def end_conversation(
+        self, number: str, *, account: str = DEFAULT_ACCOUNT
+    ) -> Conversation | None:
+        change = ConversationChange("end", account, number, self.clock())
+        return self.change_conversations([change])[0]
+
+    def change_conversations(
+        self, changes: Sequence[ConversationChange]
+    ) -> list[Conversation | None]:
+        now = self.clock()
+        with self.transaction() as tx:
+            return [_change_conversation(tx, change, now) for change in changes]
+
+    def expire_conversations(self, *, limit: int = 500) -> list[Conversation]:
+        with self.transaction() as tx:
+            rows = tx.execute(
+                f"{_CONVERSATION} WHERE expires_at IS NOT NULL AND expires_at <= ?"
+                " ORDER BY expires_at LIMIT ?",
+                (self.clock(), limit),
+            ).fetchall()
+            tx.executemany(
+                "DELETE FROM conversations WHERE account = ? AND number = ?",
+                [(row["account"], row["number"]) for row in rows],
+            )
+        return [_conversation(row) for row in rows]
+
+    def conversations(
+        self,
+        *,
+        state: str | None = None,
+        account: str | None = DEFAULT_ACCOUNT,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Conversation]:
+        where = ["(expires_at IS NULL OR expires_at > ?)"]
+        params: list[object] = [self.clock()]
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if account is not None:
+            where.append("account = ?")
+            params.append(account)
+        rows = self.query(
+            f"{_CONVERSATION} WHERE {' AND '.join(where)}"
+            " ORDER BY updated_at DESC, number LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [_conversation(row) for row in rows]
+
     # -- what plugins ask of the journal -----------------------------------
     # The guard's limits and the counts in plugins' status sections, so that no plugin
     # writes SQL on messages or outbox.
@@ -1246,6 +1353,69 @@ def _add_replies(
         " WHERE id = ? AND state IN (?, ?, ?)",
         (PROCESSED, plugin, plugin, message_id, IGNORED, REPLIED, PROCESSED),
     )
+
+
+# -- conversations: helpers -----------------------------------------------------
+
+_CONVERSATION: Final = (
+    "SELECT account, number, flow, step, fields, state, started_at, updated_at, expires_at,"
+    " context, who FROM conversations"
+)
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    return Conversation(
+        number=row["number"],
+        flow=row["flow"],
+        step=row["step"],
+        fields=json.loads(row["fields"]),
+        state=row["state"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        context=json.loads(row["context"]),
+        who=row["who"],
+        account=row["account"],
+    )
+
+
+def _change_conversation(
+    tx: sqlite3.Connection, change: ConversationChange, now: float
+) -> Conversation | None:
+    """Apply one change in ``tx``; its result (``change_result``). An expired row is
+    absent: a start replaces it, a move or end finds none (and removes it)."""
+    row = tx.execute(
+        f"{_CONVERSATION} WHERE account = ? AND number = ?", (change.account, change.number)
+    ).fetchone()
+    current = _conversation(row) if row is not None else None
+    if current is not None and current.expired(now):
+        current = None
+    after, result = change_result(current, change)
+    if after is None:
+        tx.execute(
+            "DELETE FROM conversations WHERE account = ? AND number = ?",
+            (change.account, change.number),
+        )
+    elif after is not current:
+        tx.execute(
+            "INSERT OR REPLACE INTO conversations (account, number, flow, step, fields, state,"
+            " started_at, updated_at, expires_at, context, who)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                change.account,
+                change.number,
+                after.flow,
+                after.step,
+                json.dumps(dict(after.fields), ensure_ascii=False),
+                after.state,
+                after.started_at,
+                after.updated_at,
+                after.expires_at,
+                json.dumps(dict(after.context), ensure_ascii=False),
+                after.who,
+            ),
+        )
+    return result
 
 
 # -- durable queues: helpers ----------------------------------------------------

@@ -3,7 +3,8 @@
 Rules are compiled when the configuration is loaded (``config``): word, exact and prefix
 keywords go into hash indexes (``matcher``), so the cost of matching a message does not
 grow with their number; regex and contains rules are checked after, best rank first.
-Replies are templates (``templates``); a rule may be limited to hours (``hours``). The
+Replies are templates (``templates``); a rule may be limited to hours (``hours``) or to the
+opening hours of ``[hours]`` (``when``, through ``app.hours``). The
 hooks are in ``plugin``. See docs/keywords.md.
 """
 

@@ -16,6 +16,9 @@ from responder_plugins.keywords.hours import parse_hours
 from responder_plugins.keywords.matcher import MODE_RANK, MODES, Matcher, Rule
 from responder_plugins.keywords.templates import FIELDS, Template, parse_template
 
+WHEN: Final = ("", "open", "closed")
+"""A rule's ``when``: always, or only while the opening hours ([hours]) are open or closed."""
+
 DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
 
 
@@ -73,6 +76,7 @@ def _rule(table: Table, order: int) -> Rule | None:
     reply_source = table.get_str("reply")
     dst = table.get_str("dst", "")
     hours_text = table.get_str("hours", "")
+    when = table.get_str("when", "", choices=WHEN, want='"open" or "closed" (the [hours])')
     priority = table.get_int("priority", 0)
     if not keywords and "keywords" in table:
         table.error("keywords", 'must list at least one keyword, e.g. keywords = ["CX", "查询"]')
@@ -116,7 +120,8 @@ def _rule(table: Table, order: int) -> Rule | None:
         dst=dst,
         hours=hours,
         priority=priority,
-        rank=(priority, bool(dst), hours is not None, MODE_RANK[match]),
+        rank=(priority, bool(dst), hours is not None or bool(when), MODE_RANK[match]),
+        when=when,
     )
 
 
@@ -132,11 +137,14 @@ def _check_conflicts(rules: list[tuple[Rule, Table]]) -> None:
             for other in bucket:
                 if rule.hours and other.hours and not rule.hours.overlaps(other.hours):
                     continue
+                if rule.when and other.when and rule.when != other.when:
+                    continue
                 table.error(
                     "keywords",
                     f"rule {rule.name!r} and rule {other.name!r} ({other.label}) both answer "
                     f'"{key}" (match = "{rule.match}", the same dst, overlapping hours): keep '
-                    "it in one rule, or give them different dst or non-overlapping hours",
+                    "it in one rule, or give them different dst, non-overlapping hours or "
+                    'when = "open" and when = "closed"',
                 )
                 break
             bucket.append(rule)

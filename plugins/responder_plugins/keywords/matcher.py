@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any, Final
@@ -95,7 +95,9 @@ class Rule:
     priority: int
     rank: tuple[int, bool, bool, int]
     """What decides between rules that all match, best first (then length, then order):
-    priority, limited to a dst, limited to hours, the mode."""
+    priority, limited to a dst, limited to hours or to opening hours, the mode."""
+    when: str = ""
+    """"open" or "closed": only while the shared opening hours ([hours]) are; "" = always."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,22 @@ class Matcher:
         now = datetime.fromtimestamp(moment, self.timezone)
         return now.hour * 60 + now.minute
 
-    def match(self, text: str, dst: str, moment: float) -> MatchResult:
+    def match(
+        self,
+        text: str,
+        dst: str,
+        moment: float,
+        is_open: Callable[[float], bool] | None = None,
+    ) -> MatchResult:
+        """The best rule for a message at ``moment``; ``is_open`` tells whether the shared
+        opening hours are open then (for rules with ``when``; None: always open)."""
+        opened: list[bool] = []
+
+        def applies(rule: Rule) -> bool:
+            if not opened:
+                opened.append(True if is_open is None else is_open(moment))
+            return opened[0] == (rule.when == "open")
+
         display = display_form(text)
         key = display.casefold()
         size = len(key)
@@ -203,6 +220,8 @@ class Matcher:
                     minute = self._minute(moment) if minute < 0 else minute
                     if not rule.hours.contains(minute):
                         continue
+                if rule.when and not applies(rule):
+                    continue
                 best_rank, best = rank, (rule, keyword, end)
                 break
         found: Match | None = None
@@ -220,6 +239,8 @@ class Matcher:
                 minute = self._minute(moment) if minute < 0 else minute
                 if not rule.hours.contains(minute):
                     continue
+            if rule.when and not applies(rule):
+                continue
             scanned = self._scan_one(rule, text, display, key)
             if scanned is not None:
                 found = scanned
@@ -255,6 +276,8 @@ def _qualified(found: Match) -> Match:
         extra.append(f"dst {rule.dst}")
     if rule.hours is not None:
         extra.append(f"hours {rule.hours.text}")
+    if rule.when:
+        extra.append(f"when {rule.when}")
     if rule.priority:
         extra.append(f"priority {rule.priority}")
     if not extra:

@@ -59,7 +59,7 @@ def describe(app: App, message: Message) -> tuple[tuple[str, str], ...]:
     """What the rules make of a message, for ``simulate``: the normalised text, the rule
     that matches ("none" when none does) and why. Changes nothing; no fallback."""
     settings: KeywordSettings = app.plugin_config(PLUGIN)
-    outcome = settings.matcher.match(message.text, message.dst, app.time())
+    outcome = settings.matcher.match(message.text, message.dst, app.time(), app.hours.is_open)
     found = outcome.match
     if found is None:
         return (("normalised", outcome.key), ("rule", "none"), ("why", "no rule matched"))
@@ -87,7 +87,7 @@ def responder_startup(app: App) -> None:
 def responder_reply(app: App, message: Message) -> Reply | None:
     settings: KeywordSettings = app.plugin_config(PLUGIN)
     now = app.time()
-    outcome = settings.matcher.match(message.text, message.dst, now)
+    outcome = settings.matcher.match(message.text, message.dst, now, app.hours.is_open)
     normalised = ("normalised", outcome.key)
     found = outcome.match
     if found is not None:
@@ -146,4 +146,12 @@ def responder_check(app: App) -> list[str]:
         warnings += reply_warnings(app, f"{rule.label}.reply", rule.reply.source)
     if settings.fallback is not None:
         warnings += reply_warnings(app, f"{PLUGIN}.fallback", settings.fallback.source)
+    if not app.hours.configured:
+        for rule in settings.rules:
+            if rule.when:
+                warnings.append(
+                    f"{app.settings.source}: {rule.label}.when: there is no [hours] section, "
+                    f'so the opening hours are always open and when = "{rule.when}" '
+                    + ("never applies" if rule.when == "closed" else "always applies")
+                )
     return warnings

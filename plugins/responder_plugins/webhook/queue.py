@@ -169,6 +169,7 @@ def enqueue(
     as it is (a message observed again after a crash keeps its delivery id)."""
     now = app.time()
     suppressed = opted_out(app, message.src)
+    conversation = app.conversation(message).current  # as this message left it
     for target, mode in modes:
         delivery_id = str(uuid.uuid4())
         relay = Relay(
@@ -183,6 +184,7 @@ def enqueue(
                 reply_expected=mode == "reply",
                 dropped=dropped,
                 opted_out=suppressed,
+                conversation=conversation,
             ),
             expires_at=now + target.max_age,
         )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Final
+from typing import Any, Final
 
-from responder import PLATFORM_TZ, Message, __version__
+from responder import PLATFORM_TZ, Conversation, Message, __version__
 from responder_plugins.webhook.config import Target
 
 USER_AGENT: Final = f"sms-responder/{__version__}"
@@ -49,6 +49,7 @@ def request_body(
     reply_expected: bool,
     dropped: str | None,
     opted_out: bool,
+    conversation: Conversation | None = None,
 ) -> str:
     """The JSON document sent to a target: built once, when the relay is queued, and kept,
     so every retry sends the same bytes."""
@@ -71,5 +72,21 @@ def request_body(
         "opted_out": opted_out,
         "dropped": dropped,
         "reply_expected": reply_expected,
+        "conversation": _conversation(conversation),
     }
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def _conversation(conversation: Conversation | None) -> dict[str, Any] | None:
+    """The sender's conversation as the payload carries it; None when there is none."""
+    if conversation is None:
+        return None
+    return {
+        "flow": conversation.flow,
+        "step": conversation.step,
+        "fields": dict(conversation.fields),
+        "state": conversation.state,
+        "context": dict(conversation.context),
+        "started_at": conversation.started_at,
+        "expires_at": conversation.expires_at,
+    }
