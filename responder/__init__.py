@@ -24,13 +24,20 @@ from responder.config import (  # noqa: E402
     redact_url,
     resolve_secret,
 )
-from responder.conversations import Conversation, ConversationHandle  # noqa: E402
+from responder.conversations import (  # noqa: E402
+    ACTIVE,
+    WITH_PERSON,
+    Conversation,
+    ConversationHandle,
+)
 from responder.gateway import error_reason  # noqa: E402
 from responder.hours import OpeningDay, OpeningHours  # noqa: E402
+from responder.manual import SendReport, send_text  # noqa: E402
 from responder.models import (  # noqa: E402
     PLATFORM_TZ,
     Deferred,
     Delivery,
+    Event,
     InboundSms,
     Message,
     Reply,
@@ -46,15 +53,19 @@ from responder.normalise import (  # noqa: E402
     is_mobile,
     is_separator,
     normalise,
+    number_argument,
 )
 from responder.queue import DurableQueue, QueueCounts, QueueItem  # noqa: E402
 from responder.stash import OPTED_OUT, Stash, StashKey  # noqa: E402
 from responder.store import StatementError, StoreBackend, StoreError  # noqa: E402
+from responder.store.interface import ExchangeLine  # noqa: E402
 
 __all__ = [
+    "ACTIVE",
     "MOBILE_PATTERN",
     "OPTED_OUT",
     "PLATFORM_TZ",
+    "WITH_PERSON",
     "App",
     "Backoff",
     "CommandRegistry",
@@ -65,6 +76,8 @@ __all__ = [
     "Deferred",
     "Delivery",
     "DurableQueue",
+    "Event",
+    "ExchangeLine",
     "InboundSms",
     "Message",
     "OpeningDay",
@@ -72,6 +85,7 @@ __all__ = [
     "QueueCounts",
     "QueueItem",
     "Reply",
+    "SendReport",
     "SendResult",
     "Stash",
     "StashKey",
@@ -91,7 +105,9 @@ __all__ = [
     "is_mobile",
     "is_separator",
     "normalise",
+    "number_argument",
     "redact_url",
     "reply_warnings",
     "resolve_secret",
+    "send_text",
 ]

@@ -15,7 +15,7 @@ from responder.conversations import Conversation, ConversationHandle
 from responder.gateway import GatewayClient, ReadGate
 from responder.hours import OpeningHours
 from responder.logs import redactor
-from responder.models import PLATFORM_TZ, Message, Reply, StatusSection
+from responder.models import PLATFORM_TZ, Event, Message, Reply, StatusSection
 from responder.plugin_host import PluginHost
 from responder.queue import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, Backoff, DurableQueue
 from responder.stash import Stash
@@ -41,7 +41,7 @@ class App:
     Plugins use: ``settings``, ``store``, ``gateway``, ``log``, ``plugin_config(name)``,
     ``hours`` (opening hours), ``time()`` / ``now()`` (never the system clock directly, so
     tests can control time), ``every(...)``, ``queue(...)``, ``reply_later(...)``,
-    ``fallback_reply(...)`` and ``conversation(...)``. ``dry_run`` is true under
+    ``fallback_reply(...)``, ``conversation(...)`` and ``emit(...)``. ``dry_run`` is true under
     ``responder simulate`` and ``replay``: a plugin must then change nothing.
     """
 
@@ -92,6 +92,15 @@ class App:
         if isinstance(message, Message):
             return ConversationHandle(self, message.src, account or message.account, message.id)
         return ConversationHandle(self, message, account or DEFAULT_ACCOUNT, None)
+
+    def emit(self, event: Event) -> None:
+        """Tell the plugins something happened: every ``responder_event`` implementation
+        is called with it, on the calling thread (the webhook plugin queues a signed
+        delivery durably). Under ``dry_run`` nothing is called. Give the event a ``key``
+        when the same call may be repeated after a crash: it is delivered once."""
+        if self.dry_run:
+            return
+        self.plugins.hook.responder_event(app=self, event=event)
 
     def redact(self, *secrets: str) -> None:
         """Hide these values (and their escaped and percent-encoded forms) in every log line.

@@ -279,6 +279,19 @@ class ConversationHandle:
         """End the conversation; returns the one ended (None: there was none)."""
         return self._change(ConversationChange("end", self.account, self.number, self.app.time()))
 
+    def hand_over(self, *, timeout: float | None, who: str = "") -> Conversation:
+        """Put the sender with a person (state ``WITH_PERSON``, replacing any flow under
+        way) until ``timeout`` seconds from now (None: until it is ended). While it lasts
+        the handover plugin keeps the bot silent for the number; ``end()`` gives it back
+        to the bot. Staff are told by the event the caller emits (``handover.requested``)."""
+        return self.start("", "", timeout=timeout, state=WITH_PERSON, who=who)
+
+    @property
+    def with_person(self) -> bool:
+        """Whether the sender is with a person now (see ``hand_over``)."""
+        found = self.current
+        return found is not None and found.state == WITH_PERSON
+
     def _change(self, change: ConversationChange) -> Conversation | None:
         staging = self._staging()
         if staging is not None:

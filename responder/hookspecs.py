@@ -43,7 +43,15 @@ if TYPE_CHECKING:
     from responder.app import App
     from responder.commands import CommandRegistry
     from responder.config import ConfigSection
-    from responder.models import Deferred, Delivery, Message, Reply, StatusSection, Veto
+    from responder.models import (
+        Deferred,
+        Delivery,
+        Event,
+        Message,
+        Reply,
+        StatusSection,
+        Veto,
+    )
 
 hookspec = pluggy.HookspecMarker("responder")
 
@@ -169,6 +177,26 @@ def responder_before_send(app: App, message: Message, reply: Reply) -> Reply | V
     A wrapper sees the ``reply`` the reply hook gave, and as the result the final Reply
     (after every implementation) or the Veto; it may return another Reply or a Veto
     instead (None keeps the implementations' outcome).
+    """
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@hookspec
+def responder_event(app: App, event: Event) -> None:
+    """Hear of an event a plugin emitted (``app.emit(event)``).
+
+    Thread: the caller's, the thread that called ``app.emit``: usually the processing
+    thread, while a message is handled; a plugin job's or the main thread's for an event
+    emitted there (``responder`` commands). Never under ``dry_run``.
+
+    Called once per ``app.emit``. Arguments: ``app``, ``event`` (a frozen
+    ``responder.Event``: ``type``, ``account``, ``number``, ``data``, ``target``, ``key``).
+    Do not do slow work here: queue it (``app.queue``). An event emitted again under the
+    same ``key`` (a message processed again after a crash) must not be acted on twice:
+    key what you queue on ``event.key``. Return value ignored; every implementation is
+    called.
     """
 
 

@@ -154,3 +154,42 @@ def send(
     )
     log.info("manual_sent", numbers=len(request.numbers), num=result.num, raw=raw)
     return RequestOutcome(request, result)
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What ``send_text`` did: the gateway's answers, and the numbers a hook left out."""
+
+    results: tuple[SendResult, ...]
+    """The gateway's answer to each request made (one per part and batch of numbers)."""
+    suppressed: tuple[tuple[str, str], ...]
+    """(number, why) for each number a before-send hook vetoed or removed."""
+    error: str = ""
+    """Why sending stopped ("" when every request was answered)."""
+
+    @property
+    def ok(self) -> bool:
+        """Something was sent, and the gateway accepted every request."""
+        return bool(self.results) and not self.error and all(r.ok for r in self.results)
+
+
+def send_text(
+    app: App, numbers: Sequence[str], text: str, *, sender: str | None = None
+) -> SendReport:
+    """Send ``text`` to ``numbers`` now, as ``responder send`` does: each number through
+    the before-send hooks (opt-out, the guard, plugins; ``Reply.plugin`` is "send"), the
+    signature and the splitting, every request and suppressed number kept in the store.
+    For commands and jobs (a staff member's answer), not for a message's hooks: a reply
+    to a message is a ``Reply``."""
+    planned = plan(app, numbers, text, sender=sender)
+    record_suppressed(app, planned, text)
+    suppressed = tuple((s.number, s.reason) for s in planned.suppressed)
+    if not planned.requests:
+        return SendReport((), suppressed, "" if suppressed else "the text is empty")
+    results: list[SendResult] = []
+    for request in planned.requests:
+        outcome = send(app, request)
+        if outcome.result is None:
+            return SendReport(tuple(results), suppressed, outcome.error)
+        results.append(outcome.result)
+    return SendReport(tuple(results), suppressed)

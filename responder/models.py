@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 PLATFORM_TZ = ZoneInfo("Asia/Shanghai")
@@ -82,6 +84,27 @@ class Veto:
     reason alone, without the plugin's name."""
     plugin: str = ""
     """The plugin that vetoed (``messages.decided_by``); filled in by the core."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened, for the services outside: ``app.emit(event)`` hands it to
+    every ``responder_event`` implementation (the webhook plugin delivers it, signed, to
+    the targets subscribed to its type, or to the one ``target`` names)."""
+
+    type: str
+    """What happened, dotted: "conversation.completed", "handover.requested"."""
+    account: str
+    number: str
+    """The customer's number it concerns."""
+    data: Mapping[str, Any]
+    """The event's own content, written as JSON (plain values, lists and tables only)."""
+    target: str = ""
+    """A webhook target's name: delivered to it alone; "": to every target whose
+    ``events`` lists the type."""
+    key: str = ""
+    """Idempotency: an event emitted again under the same key (a message processed again
+    after a crash) is delivered once. "": every emit is a new delivery."""
 
 
 @dataclass(frozen=True)

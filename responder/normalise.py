@@ -66,3 +66,12 @@ def canonical_number(number: str) -> str:
 def is_mobile(number: str) -> bool:
     """Whether ``number`` is exactly a mainland China mobile number (``MOBILE_PATTERN``)."""
     return MOBILE.fullmatch(number) is not None
+
+
+def number_argument(text: str | None) -> str | None:
+    """A phone number typed on a command line, in ``canonical_number`` form; None when it
+    is not one (5 to 20 digits once spaces, dashes and a leading "+" are gone)."""
+    compact = compact_number(text or "")
+    if not compact.isdigit() or not 5 <= len(compact) <= 20:
+        return None
+    return canonical_number(compact)

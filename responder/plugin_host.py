@@ -42,11 +42,17 @@ from responder.isolation import (
 
 BUILTINS: Final = {
     "keywords": "responder_plugins.keywords",
+    "handover": "responder_plugins.handover",
     "optout": "responder_plugins.optout",
     "guard": "responder_plugins.guard",
     "webhook": "responder_plugins.webhook",
+    "conversations": "responder_plugins.conversations",
 }
-DEFAULT_ENABLED: Final = ("keywords", "optout", "guard", "webhook")
+DEFAULT_ENABLED: Final = ("keywords", "handover", "optout", "guard", "webhook", "conversations")
+"""Registered in the order of ``BUILTINS`` whatever the order of ``plugins.enabled``:
+handover before optout, so that optout's ``tryfirst`` reply is asked first; conversations
+after webhook, so that a flow (unmarked, like webhook's reply) is asked before a
+reply-mode target."""
 LOAD_PLUGINS_ENV: Final = "RESPONDER_LOAD_PLUGINS"
 TRACE_ENV: Final = "RESPONDER_TRACE_HOOKS"
 
@@ -145,7 +151,8 @@ class PluginHost:
         chosen = settings.plugins if settings is not None else None
         enabled = chosen.enabled if chosen and chosen.enabled is not None else DEFAULT_ENABLED
         disabled = set(chosen.disabled) if chosen else set()
-        for name in enabled:
+        order = list(BUILTINS)
+        for name in sorted(enabled, key=lambda n: order.index(n) if n in order else len(order)):
             if name not in BUILTINS:
                 self.problems.append(
                     f"{settings.source if settings else '<config>'}: plugins.enabled: "

@@ -12,7 +12,7 @@ import responder
 
 PLUGINS = Path(__file__).parent.parent / "plugins" / "responder_plugins"
 SOURCES = sorted(PLUGINS.rglob("*.py"))
-BUILTINS = ("keywords", "optout", "guard", "webhook")
+BUILTINS = ("keywords", "handover", "optout", "guard", "webhook")
 
 
 def imports(path: Path) -> list[tuple[int, str, tuple[str, ...]]]:

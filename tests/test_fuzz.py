@@ -179,6 +179,7 @@ PLUGIN_KEYS = {
     "keywords": ["rules", "fallback", "fallback_interval", "timezone"],
     "rules": ["keywords", "reply", "match", "name", "dst", "hours", "priority"],
     "optout": ["words", "resubscribe_words", "confirmation", "resubscribe_confirmation"],
+    "handover": ["words", "confirm", "closed_confirm", "timeout", "notify"],
     "guard": [
         "max_replies",
         "window",
@@ -318,7 +319,7 @@ def plugin_host() -> PluginHost:
     return PluginHost(settings_from_dict(BASE, source="fuzz.toml", environ={}))
 
 
-BUILTIN_SECTIONS = ("keywords", "optout", "guard", "webhook")
+BUILTIN_SECTIONS = ("keywords", "handover", "optout", "guard", "webhook")
 
 
 @fuzz(200)

@@ -18,7 +18,7 @@ from responder.app import build_app
 from responder.cli import build_parser
 from responder.commands import CommandRegistry
 from responder.config import ConfigError, ConfigSection, Table
-from responder.models import Deferred, Reply, StatusSection, Veto
+from responder.models import Deferred, Event, Reply, StatusSection, Veto
 from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 
@@ -321,6 +321,45 @@ def test_hook_responder_register_commands_adds_a_subcommand(tmp_path, capsys):
     assert args.handler(args) == 0
     assert capsys.readouterr().out == "hello ops, store hello.db\n"
     assert registry.commands["hello"].plugin == "hello"
+
+
+# -- responder_event --------------------------------------------------------------------
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, Event, str]] = []
+
+    @hookimpl
+    def responder_event(self, app, event):
+        self.heard.append((threading.current_thread().name, event, type(app).__name__))
+
+
+def test_hook_responder_event_hears_every_emit_on_the_callers_thread(tmp_path):
+    listener = Listener()
+    settings = make_settings({}, gateway_url="http://127.0.0.1:9", store_path=tmp_path / "s.db")
+    app = build_app(settings, extra_plugins=(("listener", listener),))
+    event = Event(type="survey.answered", account="default", number="13800138000", data={"q": 1})
+    try:
+        thread = threading.Thread(target=app.emit, args=(event,), name="emitter")
+        thread.start()
+        thread.join()
+    finally:
+        app.close()
+
+    assert listener.heard == [("emitter", event, "App")]
+
+
+def test_hook_responder_event_is_not_called_under_dry_run(tmp_path):
+    listener = Listener()
+    settings = make_settings({}, gateway_url="http://127.0.0.1:9", store_path=tmp_path / "s.db")
+    app = build_app(settings, extra_plugins=(("listener", listener),), dry_run=True)
+    try:
+        app.emit(Event(type="survey.answered", account="default", number="13800138000", data={}))
+    finally:
+        app.close()
+
+    assert listener.heard == []
 
 
 # -- responder_status -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from responder.normalise import (
     is_mobile,
     is_separator,
     normalise,
+    number_argument,
 )
 
 # -- text --------------------------------------------------------------------------------
@@ -150,3 +151,19 @@ def test_compact_number(text, expected):
 def test_is_mobile(number, expected):
     assert is_mobile(number) is expected
     assert MOBILE_PATTERN == r"1[3-9]\d{9}"
+
+
+@pytest.mark.parametrize(
+    ("typed", "number"),
+    [
+        ("13800138000", "13800138000"),
+        ("+86 138-0013-8000", "13800138000"),
+        ("95588", "95588"),
+        ("1234", None),
+        ("1380013800O", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_number_argument_reads_a_number_typed_on_a_command_line(typed, number):
+    assert number_argument(typed) == number

@@ -758,3 +758,26 @@ def test_a_conversation_outlives_a_restart(backend, store):
     started = store.start_conversation(conversation(store, fields={"date": "明天"}))
     store.close()
     assert backend.open().get_conversation(CUSTOMER) == started
+
+
+def test_exchange_shows_both_directions_each_reply_after_its_message(store):
+    first = journaled(store, "CX")
+    other = store.journal(sms("CX", src="13911020005"))
+    assert other is not None
+    store.finish_message(other.id, outgoing=[reply("给别人", to="13911020005")])
+    second = journaled(store, "人工")
+    store.finish_message(second.id, outgoing=[reply("已转人工")])
+    store.finish_message(first.id, outgoing=[reply("已受理")])
+    row_id = store.hand_sent_start([CUSTOMER], "客服回复", raw=False)
+    store.hand_sent_finish(row_id, "sent", reason="")
+
+    lines = store.exchange(CUSTOMER, limit=10)
+
+    assert [(line.direction, line.text, line.via) for line in lines] == [
+        ("in", "CX", ""),
+        ("out", "已受理", "keywords"),
+        ("in", "人工", ""),
+        ("out", "已转人工", "keywords"),
+        ("out", "客服回复", "send"),
+    ]
+    assert [line.text for line in store.exchange(CUSTOMER, limit=2)] == ["已转人工", "客服回复"]

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import responder_plugins.webhook as webhook
-from responder import OPTED_OUT, Deferred, __version__, hookimpl, pipeline
+from responder import OPTED_OUT, ConfigError, Deferred, Event, __version__, hookimpl, pipeline
 from responder.app import App
 from responder.commands import CommandRegistry
 from responder.logs import configure_logging
@@ -1354,3 +1354,82 @@ def test_kill_9_during_a_hanging_call_then_restart_answers_once(
     [relay] = store.queue_items(webhook.queue_name("crm"), state="done")
     assert relay.attempts == 2
     store.close()
+
+
+# -- events (app.emit) ----------------------------------------------------------------------
+
+
+def test_an_event_reaches_a_subscribed_target_once_signed_even_when_emitted_twice(
+    hook_app, receiver
+):
+    app = hook_app({"url": receiver.url(), "events": ["conversation.completed"]})
+    event = Event(
+        type="conversation.completed",
+        account="default",
+        number=PHONE,
+        data={"flow": "booking", "fields": {"slot": "上午"}},
+        key="42:completed",
+    )
+    app.emit(event)
+    app.emit(event)
+
+    deliver(app)
+    deliver(app)
+
+    [request] = receiver.received()
+    assert request.headers["X-Responder-Signature"] == expected_signature(
+        SECRET, request.headers["X-Responder-Timestamp"], request.body
+    )
+    document = request.json()
+    assert (document["type"], document["number"], document["data"]) == (
+        "conversation.completed",
+        PHONE,
+        {"flow": "booking", "fields": {"slot": "上午"}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("events", "target", "delivered"),
+    [
+        (["handover.requested"], "", 0),  # subscribed to another type
+        ([], "crm", 1),  # named explicitly
+        ([], "", 0),  # neither
+    ],
+)
+def test_an_event_goes_to_the_target_it_names_or_to_subscribers_only(
+    hook_app, receiver, events, target, delivered
+):
+    app = hook_app({"url": receiver.url(), "events": events})
+    app.emit(
+        Event(
+            type="conversation.completed",
+            account="default",
+            number=PHONE,
+            data={},
+            target=target,
+            key="k",
+        )
+    )
+
+    deliver(app)
+
+    assert len(receiver.received()) == delivered
+
+
+def test_a_target_events_key_must_list_dotted_event_types(make_app, sandbox, tmp_path):
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        webhook={
+            "targets": [
+                {
+                    "name": "crm",
+                    "secret": SECRET,
+                    "url": "http://127.0.0.1:9/",
+                    "events": ["Completed"],
+                }
+            ]
+        },
+    )
+    with pytest.raises(ConfigError, match=r"webhook\.targets\[0\]\.events: must list event types"):
+        make_app(data)

@@ -291,7 +291,7 @@ def test_the_commented_example_targets_are_valid() -> None:
     lines = [
         re.sub(r"^# ", "", line)
         for line in section.splitlines()
-        if not line.startswith("#") or re.match(r"# (\[\[|[a-z_]+ = )", line)
+        if not line.startswith("#") or re.match(r"# (\[|[a-z_]+ = )", line)
     ]
     data = tomllib.loads("\n".join(lines).replace("/etc/responder/private-ca.pem", certifi.where()))
     environ = {f"RESPONDER_WEBHOOK_{n}_SECRET": SECRET for n in ("CRM", "ORDERS")}

@@ -5,7 +5,8 @@ sender, the account's own numbers, the ignore list, anything that is not a mobil
 number). The before-send hook limits replies to a sender (per number per window) and
 stops a ping-pong with another auto-responder (the same text again and again, in a row).
 The defaults let a customer walk through a menu (20 replies per 10 minutes) and cut a loop
-with another auto-responder at its third identical message. Every drop
+with another auto-responder at its third identical message. Neither limit applies to a
+sender in an active conversation (a flow's answers): the flow bounds its own retries. Every drop
 is logged and counted in ``responder status``; the store reads it back from the
 messages' reasons (``store.counts_by_reason``), so nothing here writes to the store.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from responder import (
+    ACTIVE,
     MOBILE_PATTERN,
     App,
     ConfigSection,
@@ -140,6 +142,15 @@ def repeats(app: App, message: Message, since: float, limit: int) -> int:
     return count
 
 
+def in_conversation(app: App, message: Message, reply: Reply) -> bool:
+    """Whether the reply belongs to a conversation: the sender's conversation is active,
+    or a flow answered (its replies are labelled ``flow``; the last one ends it)."""
+    if any(label == "flow" for label, _value in reply.meta):
+        return True
+    current = app.conversation(message).current
+    return current is not None and current.state == ACTIVE
+
+
 @hookimpl(trylast=True)
 def responder_config_section() -> ConfigSection:
     return ConfigSection(PLUGIN, parse)
@@ -158,6 +169,8 @@ def responder_before_send(app: App, message: Message, reply: Reply) -> Veto | No
     settings: GuardSettings = app.plugin_config(PLUGIN)
     if message.src not in (reply.to or (message.src,)):
         return None  # the limits are about answering the sender, not relaying elsewhere
+    if in_conversation(app, message, reply):
+        return None  # a customer working through a flow; a flow bounds its own retries
     now = app.time()
     reason = None
     if settings.pingpong_repeats:

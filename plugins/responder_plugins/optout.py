@@ -30,10 +30,10 @@ from responder import (
     Table,
     Veto,
     canonical_number,
-    compact_number,
     hookimpl,
     is_separator,
     normalise,
+    number_argument,
     reply_warnings,
 )
 
@@ -319,13 +319,6 @@ def _setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("number", nargs="?", help="the phone number (add, remove)")
 
 
-def _number_argument(text: str | None) -> str | None:
-    compact = compact_number(text or "")
-    if not compact.isdigit() or not 5 <= len(compact) <= 20:
-        return None
-    return canonical_number(compact)
-
-
 def _run(app: App, args: argparse.Namespace) -> int:
     _create_table(app)  # a command runs without responder_startup
     if args.action == "list":
@@ -337,7 +330,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
         if not rows:
             print("no numbers on the opt-out list")
         return 0
-    number = _number_argument(args.number)
+    number = number_argument(args.number)
     if number is None:
         print(f"optout {args.action}: give a phone number, got {args.number!r}", file=sys.stderr)
         return 2

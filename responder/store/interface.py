@@ -77,6 +77,20 @@ class OutgoingSms:
 
 
 @dataclass(frozen=True)
+class ExchangeLine:
+    """One SMS of a sender's exchange with the account (``StoreBackend.exchange``)."""
+
+    at: float
+    """When it was journaled (in) or queued or sent by hand (out), epoch seconds."""
+    direction: str
+    """"in" (from the number) or "out" (to it)."""
+    text: str
+    """The message, or one part of a reply as it went out."""
+    via: str = ""
+    """Out: the plugin whose reply it is ("send" for one sent by hand); in: ""."""
+
+
+@dataclass(frozen=True)
 class OutboxRow:
     id: int
     message_id: int
@@ -447,6 +461,13 @@ class CoreBackend(Protocol):
         account: str | None = DEFAULT_ACCOUNT,
     ) -> list[str]:
         """Texts of the latest messages from ``number`` in [since, until], newest first."""
+        ...
+
+    def exchange(
+        self, number: str, *, limit: int, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[ExchangeLine]:
+        """The latest ``limit`` SMS between the account and ``number``, both directions
+        (messages from it; replies and hand-sent SMS to it), oldest first."""
         ...
 
     def counts_by_reason(self, decided_by: str, *, account: str | None = None) -> dict[str, int]:

@@ -32,6 +32,7 @@ from responder.conversations import (
 from responder.models import InboundSms, Message
 from responder.store.interface import (
     DEFAULT_ACCOUNT,
+    ExchangeLine,
     JournalEntry,
     JournalUnwritable,
     OutboxRow,
@@ -1318,6 +1319,45 @@ class Store:
             (number, since, until, before, account, account, max(limit, 0)),
         )
         return [row[0] for row in rows]
+
+    def exchange(
+        self, number: str, *, limit: int, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[ExchangeLine]:
+        """The latest ``limit`` SMS between the account and ``number``, both directions:
+        messages from it, reply parts queued to it (each right after the message it
+        answers), SMS sent to it by hand (those of every account). Oldest first."""
+        limit = max(limit, 0)
+        keyed: list[tuple[tuple[float, int, int, int], ExchangeLine]] = []
+        for row in self.query(
+            "SELECT id, journaled_at, text FROM messages WHERE src = ?"
+            " AND (? IS NULL OR account = ?) ORDER BY id DESC LIMIT ?",
+            (number, account, account, limit),
+        ):
+            keyed.append(((row[1], row[0], 0, 0), ExchangeLine(row[1], "in", row[2])))
+        for row in self.query(
+            "SELECT o.id, o.created_at, json_extract(o.payload, '$.text'),"
+            " json_extract(o.payload, '$.plugin'), m.id, m.journaled_at"
+            " FROM queue_items o LEFT JOIN messages m ON m.id = o.message_id"
+            " WHERE o.queue = 'outbox' AND (? IS NULL OR o.account = ?) AND EXISTS"
+            " (SELECT 1 FROM json_each(o.payload, '$.recipients') r WHERE r.value = ?)"
+            " ORDER BY o.id DESC LIMIT ?",
+            (account, account, number, limit),
+        ):
+            at = row[5] if row[5] is not None else row[1]
+            line = ExchangeLine(row[1], "out", row[2], row[3] or "")
+            keyed.append(((at, row[4] or 0, 1, row[0]), line))
+        for row in self.query(
+            "SELECT id, at, text FROM sent_by_hand"
+            " WHERE state IN ('sent', 'sending', 'uncertain')"
+            " AND ',' || recipients || ',' LIKE ? ORDER BY id DESC LIMIT ?",
+            (f"%,{number},%", limit),
+            missing_ok=True,
+        ):
+            keyed.append(
+                ((row[1], _NO_ID_BOUND, 2, row[0]), ExchangeLine(row[1], "out", row[2], "send"))
+            )
+        keyed.sort(key=lambda pair: pair[0])
+        return [line for _key, line in keyed[-limit:]] if limit else []
 
     def counts_by_reason(self, decided_by: str, *, account: str | None = None) -> dict[str, int]:
         """Messages whose drop or veto ``decided_by`` decided, counted by reason (whatever

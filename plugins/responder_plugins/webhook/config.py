@@ -26,6 +26,7 @@ from responder_plugins.webhook.client import ssl_context
 PLUGIN: Final = "webhook"
 MIN_SECRET: Final = 16
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _RESERVED_HEADERS: Final = frozenset(
     {
@@ -61,6 +62,8 @@ class Target:
     allow_other_recipients: bool = False
     on_failure: str = "fallback"
     concurrency: int = 2
+    events: tuple[str, ...] = ()
+    """The event types (``app.emit``) delivered to this target besides those naming it."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ def _target(table: Table, environ: Mapping[str, str]) -> Target | None:
         ),
         on_failure=table.get_str("on_failure", Target.on_failure, choices=("fallback", "silent")),
         concurrency=table.get_int("concurrency", Target.concurrency, min=1, max=16),
+        events=_events(table),
     )
     if mode == "relay":
         for key in ("reply_format", "allow_other_recipients", "on_failure"):
@@ -217,6 +221,19 @@ def _secret(table: Table, name: str, environ: Mapping[str, str]) -> str:
     )
 
 
+def _events(table: Table) -> tuple[str, ...]:
+    events = table.get_str_list("events", [])
+    for event in events:
+        if not _EVENT_TYPE.fullmatch(event):
+            table.error(
+                "events",
+                "must list event types: lower-case dotted names such as "
+                f'"conversation.completed" or "handover.requested"; got {event!r}',
+            )
+            return ()
+    return tuple(dict.fromkeys(events))
+
+
 def _headers(table: Table) -> tuple[tuple[str, str], ...]:
     headers = table.get_table("headers", secret=True)  # errors never show a header's value
     result = []
@@ -244,6 +261,13 @@ def matches(target: Target, message: Message) -> bool:
         return True
     text = normalise(message.text)
     return any(text == keyword or text.startswith(keyword + " ") for keyword in target.match)
+
+
+def event_targets(settings: WebhookSettings, event_type: str, target: str) -> list[Target]:
+    """The targets an event goes to: the one it names, or those subscribed to its type."""
+    if target:
+        return [t for t in settings.targets if t.name == target]
+    return [t for t in settings.targets if event_type in t.events]
 
 
 def answering_target(settings: WebhookSettings, message: Message) -> Target | None:

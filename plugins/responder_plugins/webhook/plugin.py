@@ -19,6 +19,7 @@ from responder import (
     CommandRegistry,
     ConfigSection,
     Deferred,
+    Event,
     Message,
     Reply,
     StashKey,
@@ -35,6 +36,7 @@ from responder_plugins.webhook.config import (
 from responder_plugins.webhook.queue import (
     Relayer,
     enqueue,
+    enqueue_event,
     prepare,
     requeue_dead,
     status_figures,
@@ -106,6 +108,16 @@ def responder_observe(
     ]
     if modes:
         enqueue(app, settings, message, modes, dropped)
+
+
+@hookimpl(trylast=True)
+def responder_event(app: App, event: Event) -> None:
+    """Queue a signed delivery of the event for the target it names, or for every target
+    subscribed to its type; durable, and once per ``event.key``."""
+    settings = _settings(app)
+    if app.dry_run or not settings.targets:
+        return
+    enqueue_event(app, settings, event)
 
 
 @hookimpl(trylast=True)

@@ -32,14 +32,21 @@ from responder import (
     App,
     Backoff,
     DurableQueue,
+    Event,
     Message,
     QueueItem,
     Reply,
 )
 from responder_plugins.webhook.breaker import CLOSED, HALF_OPEN, OPEN, PAUSED, Breaker, Circuit
 from responder_plugins.webhook.client import RelayAttempt, TargetClient
-from responder_plugins.webhook.config import PLUGIN, Target, WebhookSettings, matches
-from responder_plugins.webhook.signing import request_body, request_headers
+from responder_plugins.webhook.config import (
+    PLUGIN,
+    Target,
+    WebhookSettings,
+    event_targets,
+    matches,
+)
+from responder_plugins.webhook.signing import event_body, request_body, request_headers
 
 log = structlog.get_logger("responder.webhook")
 
@@ -115,6 +122,8 @@ class Relay:
     body: str
     """The JSON document sent, fixed when the relay was queued."""
     expires_at: float
+    number: str = ""
+    """An event's number (``mode = "event"``, ``message_id`` 0)."""
     """After this, a failure makes it a dead letter (``max_age``)."""
 
     def payload(self) -> dict[str, Any]:
@@ -125,6 +134,7 @@ class Relay:
             "mode": self.mode,
             "body": self.body,
             "expires_at": self.expires_at,
+            "number": self.number,
         }
 
     @classmethod
@@ -138,6 +148,7 @@ class Relay:
                 mode=str(data["mode"]),
                 body=str(data["body"]),
                 expires_at=float(data["expires_at"]),
+                number=str(data.get("number", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a webhook relay ({type(err).__name__}: {err})") from None
@@ -190,6 +201,43 @@ def enqueue(
         )
         queue = relay_queue(app, target.name, settings.backoff)
         queue.enqueue(relay.payload(), key=str(message.id))
+
+
+EVENT: Final = "event"
+"""The mode of a relay that carries an event (``app.emit``), not a message."""
+
+
+def event_key(event: Event) -> str | None:
+    """The queue key of an event: its own key, apart from the messages' keys (ids)."""
+    return f"event:{event.account}:{event.key}" if event.key else None
+
+
+def enqueue_event(app: App, settings: WebhookSettings, event: Event) -> int:
+    """Queue an event for the targets it goes to; returns how many. Idempotent on
+    ``event.key``: an event queued already for a target is kept as it is."""
+    targets = event_targets(settings, event.type, event.target)
+    if event.target and not targets:
+        log.warning("webhook_event_unknown_target", type=event.type, target=event.target)
+        return 0
+    now = app.time()
+    conversation = app.conversation(event.number, account=event.account).current
+    for target in targets:
+        delivery_id = str(uuid.uuid4())
+        relay = Relay(
+            message_id=0,
+            target=target.name,
+            delivery_id=delivery_id,
+            mode=EVENT,
+            body=event_body(
+                event, delivery_id=delivery_id, target=target.name, conversation=conversation
+            ),
+            expires_at=now + target.max_age,
+            number=event.number,
+        )
+        relay_queue(app, target.name, settings.backoff).enqueue(
+            relay.payload(), key=event_key(event)
+        )
+    return len(targets)
 
 
 def requeue_dead(app: App, settings: WebhookSettings, targets: Sequence[Target]) -> dict[str, int]:
@@ -498,7 +546,12 @@ class Relayer:
             delivery=relay.delivery_id,
             attempt=item.attempts,
         )
-        message = self.app.store.get_message(relay.message_id)
+        if relay.mode == EVENT:  # no message: the client needs one only for an answer
+            message: Message | None = Message(
+                id=0, gateway_id=0, src=relay.number, dst="", text="", received_at=None, raw=""
+            )
+        else:
+            message = self.app.store.get_message(relay.message_id)
         if message is None:
             queue.dead(item, "the message is not in the store")
             return False

@@ -11,7 +11,7 @@ import hmac
 import json
 from typing import Any, Final
 
-from responder import PLATFORM_TZ, Conversation, Message, __version__
+from responder import PLATFORM_TZ, Conversation, Event, Message, __version__
 from responder_plugins.webhook.config import Target
 
 USER_AGENT: Final = f"sms-responder/{__version__}"
@@ -75,6 +75,22 @@ def request_body(
         "conversation": _conversation(conversation),
     }
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_body(
+    event: Event, *, delivery_id: str, target: str, conversation: Conversation | None
+) -> str:
+    """The JSON document of an event (``app.emit``), fixed when it is queued."""
+    document = {
+        "delivery_id": delivery_id,
+        "target": target,
+        "type": event.type,
+        "account": event.account,
+        "number": event.number,
+        "data": dict(event.data),
+        "conversation": _conversation(conversation),
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _conversation(conversation: Conversation | None) -> dict[str, Any] | None:
