@@ -8,7 +8,11 @@ Run: ``python benchmarks/keywords.py`` (``--quick`` for a short run). For 10, 1,
 - the median cost of matching one message (normalisation included) over several runs,
   with ``responder_plugins.keywords.Matcher``;
 - the same for a naive matcher (one compiled regex per rule, scanned in order) and the
-  ratio between the two.
+  ratio between the two;
+- the cost with 1,000 conversation flows (three steps each) declared beside the rules,
+  as a message from a sender in no flow pays it: the flows' start words are looked up
+  first, then the keyword rules (``responder_plugins.conversations.begin``), and its ratio
+  to the cost without flows (target: at most 2×).
 
 The messages mix texts that hit an indexed keyword, texts that hit a regex rule and texts
 that match nothing (the worst case for a scan).
@@ -27,12 +31,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import responder_plugins.conversations as conversations
 import responder_plugins.keywords as kw
-from responder.config import Table
+from responder import Table
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
 CHINESE = "查询订单退款物流发票积分会员活动优惠地址电话人工客服余额充值账户密码"
 REGEX_RULES = 20
+FLOWS = 1_000
 
 
 def keywords(count: int, rng: random.Random) -> list[str]:
@@ -87,6 +93,40 @@ def compile_rules(section: dict[str, Any]) -> kw.KeywordSettings:
     problems: list[str] = []
     table = Table(section, file="benchmark.toml", prefix="keywords", problems=problems)
     settings = kw.parse(table)
+    table.finish()
+    if problems:
+        raise SystemExit("\n".join(problems[:5]))
+    return settings
+
+
+def flows(count: int) -> conversations.ConversationsSettings:
+    """``count`` flows of three steps each (a choice, a pattern, free text), each started
+    by a word the generated keywords and messages never contain."""
+    section = {
+        "flows": [
+            {
+                "name": f"flow{index}",
+                "start": [f"流程{index}", f"LC{index}"],
+                "cancel": ["退出"],
+                "cancel_reply": "已退出。",
+                "done": "已记录 {date} {slot} {phone}",
+                "steps": [
+                    {"name": "date", "ask": "请回复日期"},
+                    {
+                        "name": "slot",
+                        "ask": "请选择：1 上午 2 下午",
+                        "choices": {"1": "上午", "2": "下午"},
+                        "retry_reply": "请回复 1 或 2",
+                    },
+                    {"name": "phone", "ask": "请回复电话", "pattern": r"1[3-9]\d{9}"},
+                ],
+            }
+            for index in range(count)
+        ]
+    }
+    problems: list[str] = []
+    table = Table(section, file="benchmark.toml", prefix="conversations", problems=problems)
+    settings = conversations.parse(table)
     table.finish()
     if problems:
         raise SystemExit("\n".join(problems[:5]))
@@ -148,10 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     moment = time.time()
     print(f"python {platform.python_version()} on {machine()}")
     print(f"{runs} runs, {count} messages each (naive: fewer messages at 100,000 rules)\n")
-    header = ("rules", "compile s", "indexed µs/msg", "naive µs/msg", "naive / indexed")
+    header = (
+        "rules",
+        "compile s",
+        "indexed µs/msg",
+        "naive µs/msg",
+        "naive / indexed",
+        f"with {FLOWS:,} flows µs/msg",
+        "flows / indexed",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---:" for _ in header) + "|")
     baseline = None
+    declared = flows(FLOWS)
     for size in (10, 1_000, 100_000):
         section = config(size)
         texts = messages(section, count)
@@ -160,13 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         compile_seconds = time.perf_counter() - start
         match = settings.matcher.match
         indexed = per_message(lambda text, m=match: m(text, "0888008", moment), texts, runs)
+
+        def flows_then_rules(text: str, m: Any = match) -> object:
+            return conversations.begin(declared, text) or m(text, "0888008", moment)
+
+        with_flows = per_message(flows_then_rules, texts, runs)
         naive_matcher = NaiveMatcher(section)
         naive_texts = texts if size < 100_000 else texts[:30]
         naive = per_message(naive_matcher.match, naive_texts, 3 if size == 100_000 else runs)
         baseline = baseline or indexed
         print(
             f"| {size:,} + {REGEX_RULES} regex | {compile_seconds:.3f} | {indexed:.1f} "
-            f"| {naive:,.1f} | {naive / indexed:,.1f}× |"
+            f"| {naive:,.1f} | {naive / indexed:,.1f}× | {with_flows:.1f} "
+            f"| {with_flows / indexed:.2f}× |"
         )
     print(f"\nindexed cost at 100,000 rules / at 10 rules: {indexed / baseline:.2f}")
     return 0

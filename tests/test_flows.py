@@ -156,6 +156,34 @@ def book(app: App) -> list[list[str]]:
     return [say(app, text) for text in ("预约", "12月3日", "1", "13912345678")]
 
 
+def write_transactions(app: App, monkeypatch: pytest.MonkeyPatch, text: str) -> int:
+    """How many write transactions handling one message opens (its processing only)."""
+    sms = InboundSms(
+        gateway_id=next(_ids), src=PHONE, dst="0888008", text=text, received_at=None, raw=""
+    )
+    message = app.store.journal(sms)
+    assert message is not None
+    opened = []
+    transaction = app.store.transaction
+
+    def counted() -> Any:
+        opened.append(text)
+        return transaction()
+
+    monkeypatch.setattr(app.store, "transaction", counted)
+    pipeline.process(app, message)
+    monkeypatch.undo()
+    return len(opened)
+
+
+def test_a_flow_step_costs_no_write_transaction_more_than_a_keyword_answer(flows, monkeypatch):
+    app = flows()
+    keyword = write_transactions(app, monkeypatch, "营业")
+    assert keyword > 0  # the outcome at least
+    assert write_transactions(app, monkeypatch, "预约") == keyword  # starts the booking flow
+    assert write_transactions(app, monkeypatch, "12月3日") == keyword  # moves it a step
+
+
 def test_the_booking_flow_completes_and_the_done_sms_carries_the_fields(flows):
     app = flows()
 
