@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import signal
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -282,6 +283,40 @@ def test_each_answer_restarts_the_timeout(flows, clock):
     assert say(app, "2") == ["请回复联系电话"]
 
 
+@pytest.mark.parametrize(
+    ("when", "at", "starts"),
+    [
+        ("open", datetime(2026, 11, 26, 10, 0, tzinfo=PLATFORM_TZ), True),  # a Thursday
+        ("open", datetime(2026, 11, 26, 20, 0, tzinfo=PLATFORM_TZ), False),
+        ("closed", datetime(2026, 11, 26, 20, 0, tzinfo=PLATFORM_TZ), True),
+        ("closed", datetime(2026, 10, 1, 10, 0, tzinfo=PLATFORM_TZ), True),  # National Day
+        ("", datetime(2026, 11, 26, 20, 0, tzinfo=PLATFORM_TZ), True),
+    ],
+)
+def test_a_flow_with_when_starts_only_in_those_opening_hours(
+    make_app, sandbox, tmp_path, when, at, starts
+):
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        hours={"weekdays": "09:00-18:00"},
+        conversations={"flows": [{**BOOKING, "relay": "", "when": when}]},
+    )
+    app = make_app(data, clock=lambda: at.timestamp())
+    app.plugins.hook.responder_startup(app=app)
+    try:
+        assert (say(app, "预约") == ["请回复预约日期，例如 12月3日"]) is starts
+    finally:
+        app.plugins.hook.responder_shutdown(app=app)
+
+
+def test_a_flow_when_is_a_choice(make_app, sandbox, tmp_path):
+    flow = {**BOOKING, "relay": "", "when": "sometimes"}
+    data = config_dict(sandbox, tmp_path, conversations={"flows": [flow]})
+    with pytest.raises(ConfigError, match=r"conversations\.flows\[0\]\.when: must be"):
+        make_app(data)
+
+
 def test_opt_out_in_the_middle_of_a_flow_ends_it_and_nothing_more_is_sent(flows, sandbox):
     app = flows()
     say(app, "预约")
@@ -464,6 +499,46 @@ def test_a_booking_survives_a_kill_9_between_two_messages_and_relays_the_form_on
         SECRET, request.headers["X-Responder-Timestamp"], request.body
     )
     assert request.json()["data"]["fields"]["slot"] == "上午"
+
+
+def test_a_menu_branch_an_opt_out_and_a_timeout_as_the_daemon_runs(sandbox, tmp_path, daemons):
+    third = "13700137000"
+    quick = {**BOOKING, "name": "quick", "start": ["KS"], "timeout": 10, "relay": ""}
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        conversations={"flows": [MENU, RETURNS, {**BOOKING, "relay": ""}, quick]},
+        keywords=KEYWORDS,
+    )
+    daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
+
+    def exchange(number: str, text: str, replies: int) -> None:
+        sandbox.inject(number, text)
+        wait_for(lambda: len(replies_to(sandbox, number)) >= replies, timeout=30)
+
+    exchange(PHONE, "菜单", 1)
+    exchange(PHONE, "2", 2)  # 退换货: into the returns flow
+    exchange(PHONE, "尺码不合适", 3)
+    exchange(OTHER, "预约", 1)
+    exchange(OTHER, "TD", 2)  # opt-out in the middle of the booking
+    sandbox.inject(OTHER, "1")
+    exchange(third, "KS", 1)
+    time.sleep(quick["timeout"] + 0.5)  # the flow's silence runs out: a real wait
+    exchange(third, "营业", 2)  # after the timeout: a keyword, not the date step
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+    assert replies_to(sandbox, PHONE) == [
+        "请回复数字：1 查询订单 2 退换货 3 营业时间",
+        "请说明退换货原因",
+        "已登记退换货：尺码不合适",
+    ]
+    assert len(replies_to(sandbox, OTHER)) == 2  # the ask and the opt-out confirmation
+    assert "退订" in replies_to(sandbox, OTHER)[1]
+    assert replies_to(sandbox, third) == [
+        "请回复预约日期，例如 12月3日",
+        "营业时间 9:00-18:00（关键词）",
+    ]
 
 
 def replies_to(sandbox: Sandbox, number: str) -> list[str]:

@@ -80,6 +80,9 @@ class Flow:
     done: str = ""
     relay: str = ""
     max_retries: int = DEFAULT_MAX_RETRIES
+    when: str = ""
+    """"open" or "closed": the flow starts only then, by the shared opening hours
+    (``[hours]``); "" at any time. A flow under way goes on whatever the hours."""
 
     def step(self, name: str) -> Step | None:
         for step in self.steps:
@@ -227,6 +230,9 @@ def _flow(table: Table) -> Flow | None:
         done=table.get_str("done", ""),
         relay=table.get_str("relay", ""),
         max_retries=table.get_int("max_retries", DEFAULT_MAX_RETRIES, min=0, max=100),
+        when=table.get_str(
+            "when", "", choices=("", "open", "closed"), want='"open" or "closed" (the [hours])'
+        ),
     )
     fields = template_fields(flow.done)
     if fields is None:

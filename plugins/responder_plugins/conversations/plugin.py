@@ -89,6 +89,8 @@ def responder_reply(app: App, message: Message) -> Reply | None:
         return None
     flow = settings.flow(action.flow)
     assert flow is not None
+    if flow.when and (flow.when == "open") != app.hours.is_open(app.now()):
+        return None  # not its hours: the keyword rules may answer the word
     return _apply(app, handle, settings, message, flow, action)
 
 
@@ -184,6 +186,12 @@ def responder_check(app: App) -> list[str]:
                     f"{source}: {key}.cancel: {word!r} is an [optout] word: it unsubscribes "
                     "the sender instead of cancelling the flow"
                 )
+        if flow.when and not app.hours.configured:
+            warnings.append(
+                f"{source}: {key}.when: there is no [hours] section, so the opening hours "
+                f'are always open and when = "{flow.when}" '
+                + ("changes nothing" if flow.when == "open" else "never lets the flow start")
+            )
         warnings += reply_warnings(app, f"{key}.done", flow.done)
         for step_index, step in enumerate(flow.steps):
             warnings += reply_warnings(app, f"{key}.steps[{step_index}].ask", step.ask)
