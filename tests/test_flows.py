@@ -317,6 +317,59 @@ def test_a_flow_when_is_a_choice(make_app, sandbox, tmp_path):
         make_app(data)
 
 
+HELP_MENU: dict[str, Any] = {
+    "name": "help",
+    "start": ["帮助"],
+    "steps": [
+        {
+            "name": "choice",
+            "ask": "请回复数字：1 营业时间 3 人工客服",
+            "choices": {
+                "1": {"label": "营业时间", "reply": "营业时间 9:00-18:00"},
+                "3": {"label": "人工客服", "handover": True},
+            },
+        }
+    ],
+}
+
+
+def test_a_menu_choice_hands_the_sender_to_a_person_and_tells_staff(
+    make_app, sandbox, tmp_path, clock, receiver
+):
+    target = {"name": "staff", "url": receiver.url(), "secret": SECRET}
+    data = config_dict(
+        sandbox,
+        tmp_path,
+        conversations={"flows": [HELP_MENU]},
+        keywords=KEYWORDS,
+        webhook={"targets": [{**target, "events": ["handover.requested"]}]},
+    )
+    app = make_app(data, clock=clock)
+    app.plugins.hook.responder_startup(app=app)
+    try:
+        say(app, "帮助")
+        confirmation = say(app, "3")
+        silence = say(app, "营业")
+        deliver(app)
+    finally:
+        app.plugins.hook.responder_shutdown(app=app)
+
+    assert confirmation == ["已为您转接人工客服，请稍候。"]
+    assert silence == []  # the bot stays silent: a person answers now
+    assert app.conversation(PHONE).with_person
+    [event] = events(receiver)
+    assert event.json()["type"] == "handover.requested"
+    assert event.json()["data"]["fields"] == {"choice": "人工客服"}
+
+
+def test_a_choice_that_hands_over_has_no_next_step(make_app, sandbox, tmp_path):
+    choices = {"3": {"label": "人工", "handover": True, "next": "choice"}}
+    flow = {**HELP_MENU, "steps": [{**HELP_MENU["steps"][0], "choices": choices}]}
+    data = config_dict(sandbox, tmp_path, conversations={"flows": [flow]})
+    with pytest.raises(ConfigError, match=r"choices\.3\.handover: a choice that hands over"):
+        make_app(data)
+
+
 def test_opt_out_in_the_middle_of_a_flow_ends_it_and_nothing_more_is_sent(flows, sandbox):
     app = flows()
     say(app, "预约")

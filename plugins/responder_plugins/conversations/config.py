@@ -46,6 +46,10 @@ class Choice:
     """Another flow it starts instead (this one ends)."""
     reply: str = ""
     """An answer that ends the flow (a menu leaf)."""
+    handover: bool = False
+    """The choice hands the sender to a person ("3 人工客服"): the flow ends, staff are
+    told (``handover.requested``) and the bot stays silent for the number, as after a
+    hand-over word; ``reply`` (or ``[handover] confirm``) answers."""
 
 
 @dataclass(frozen=True)
@@ -303,12 +307,15 @@ def _choices(table: Table) -> tuple[Choice, ...]:
                 next=sub.get_str("next", ""),
                 flow=sub.get_str("flow", ""),
                 reply=sub.get_str("reply", ""),
+                handover=sub.get_bool("handover", False),
             )
             sub.finish()
             if not choice.label:
                 sub.error("label", "is required: what the step's field keeps")
             if sum(bool(x) for x in (choice.next, choice.flow, choice.reply)) > 1:
                 sub.error("next", "a choice has at most one of next, flow and reply")
+            if choice.handover and (choice.next or choice.flow):
+                sub.error("handover", "a choice that hands over has no next or flow")
         else:
             choices_table.get_raw(key)
             choices_table.error(

@@ -14,6 +14,7 @@ from typing import Final
 from responder import normalise
 from responder_plugins.conversations.config import (
     KEYWORDS,
+    Choice,
     ConversationsSettings,
     Flow,
     Step,
@@ -32,6 +33,7 @@ GIVE_UP: Final = "give up"
 SWITCH: Final = "switch"
 DONE: Final = "done"
 LEAF: Final = "leaf"
+HAND_OVER: Final = "hand over"
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def answer(
         return Action(CANCEL, flow.cancel_reply, why=f"{word!r} cancels the flow")
     if starts_with_word(key, settings.pass_through) is not None:
         return None
-    value, choice_next, choice_flow, choice_reply = _value(step, text, key)
+    value, choice = _value(step, text, key)
     if value is None:
         if settings.unmatched == KEYWORDS:
             return None
@@ -105,12 +107,16 @@ def answer(
             why=f"not an answer the step {step.name!r} accepts",
         )
     collected = {**visible(fields), step.name: value}
-    if choice_reply:
-        return Action(LEAF, choice_reply, fields=collected, why=f"the choice {value!r}")
-    if choice_flow:
+    if choice is not None and choice.handover:
+        why = f"the choice {value!r} hands over to a person"
+        return Action(HAND_OVER, choice.reply, fields=collected, why=why)
+    if choice is not None and choice.reply:
+        return Action(LEAF, choice.reply, fields=collected, why=f"the choice {value!r}")
+    if choice is not None and choice.flow:
         return Action(
-            SWITCH, "", flow=choice_flow, why=f"the choice {value!r} starts {choice_flow!r}"
+            SWITCH, "", flow=choice.flow, why=f"the choice {value!r} starts {choice.flow!r}"
         )
+    choice_next = choice.next if choice is not None else ""
     following = flow.step(choice_next) if choice_next else flow.after(step)
     if following is None:
         return Action(
@@ -126,22 +132,19 @@ def answer(
     )
 
 
-def _value(step: Step, text: str, key: str) -> tuple[str | None, str, str, str]:
-    """(the field's value or None when the answer is not valid, and the choice's next,
-    flow and reply)."""
+def _value(step: Step, text: str, key: str) -> tuple[str | None, Choice | None]:
+    """The field's value (None when the answer is not valid) and the choice it was."""
     if step.choices:
         choice = step.choice(key)
-        if choice is None:
-            return None, "", "", ""
-        return choice.label, choice.next, choice.flow, choice.reply
+        return (None, None) if choice is None else (choice.label, choice)
     stripped = text.strip()
     if not stripped:
-        return None, "", "", ""
+        return None, None
     if step.pattern is not None and not (
         step.pattern.fullmatch(stripped) or step.pattern.fullmatch(key)
     ):
-        return None, "", "", ""
-    return stripped, "", "", ""
+        return None, None
+    return stripped, None
 
 
 def _int(text: str) -> int:

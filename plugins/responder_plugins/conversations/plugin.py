@@ -8,6 +8,7 @@ It is registered after webhook, so a flow is asked before a reply-mode target to
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from responder import (
@@ -33,6 +34,7 @@ from responder_plugins.conversations.engine import (
     CANCEL,
     DONE,
     GIVE_UP,
+    HAND_OVER,
     LEAF,
     MOVE,
     RETRY,
@@ -114,6 +116,8 @@ def _apply(
         handle.move(action.step, fields=action.fields, timeout=flow.timeout)
     elif action.kind in (CANCEL, GIVE_UP, LEAF):
         handle.end()
+    elif action.kind == HAND_OVER:
+        return _hand_over(app, handle, message, flow, action)
     elif action.kind == DONE:
         ended = handle.end()
         if flow.relay:
@@ -129,6 +133,37 @@ def _apply(
                 )
             )
     return _reply(message, flow, action)
+
+
+HANDOVER_REQUESTED = "handover.requested"
+HANDOVER_TIMEOUT = 86400.0
+HANDOVER_CONFIRM = "已为您转接人工客服，请稍候。"
+
+
+def _hand_over(
+    app: App, handle: ConversationHandle, message: Message, flow: Flow, action: Action
+) -> Reply:
+    """A menu choice that hands the sender to a person: as a hand-over word does, with the
+    ``[handover]`` settings when that plugin runs (its timeout, target and confirmation)."""
+    handover: Any = app.plugin_config("handover")
+    handle.hand_over(timeout=getattr(handover, "timeout", HANDOVER_TIMEOUT), who="handover")
+    app.emit(
+        Event(
+            type=HANDOVER_REQUESTED,
+            account=message.account,
+            number=message.src,
+            data={
+                "text": message.text,
+                "message_id": message.id,
+                "flow": flow.name,
+                "fields": visible(action.fields),
+            },
+            target=getattr(handover, "notify", ""),
+            key=f"{message.id}:handover",
+        )
+    )
+    confirm = action.reply or getattr(handover, "confirm", "") or HANDOVER_CONFIRM
+    return _reply(message, flow, dataclasses.replace(action, reply=confirm))
 
 
 def _reply(message: Message, flow: Flow, action: Action) -> Reply:
