@@ -19,7 +19,7 @@ from responder import PLATFORM_TZ, WITH_PERSON, App, InboundSms, Message
 from responder.cli import main
 from responder.config import ConfigError
 from responder.pipeline import apply_late_replies, process
-from tests.conftest import Clock, config_dict, wait_for, write_config
+from tests.conftest import Clock, config_dict, offline_config, wait_for, write_config
 from tests.webhook_receiver import Receiver
 
 RULES = {"rules": [{"keywords": ["CX", "查询"], "reply": "已受理"}]}
@@ -365,3 +365,11 @@ def test_the_daemon_pauses_for_that_number_until_release(sandbox, tmp_path, daem
     assert texts_to(CUSTOMER) == [CONFIRM, "已受理"]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_check_warns_about_a_notify_that_names_no_webhook_target(tmp_path, capsys):
+    data = offline_config(tmp_path, handover={"notify": "staf"})
+    config = write_config(tmp_path / "config.toml", data)
+    assert main(["check", "-c", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "handover.notify: 'staf' is not a [[webhook.targets]] name" in err

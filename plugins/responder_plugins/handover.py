@@ -19,7 +19,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from responder import (
     OPTED_OUT,
@@ -228,6 +228,19 @@ def responder_check(app: App) -> list[str]:
         *reply_warnings(
             app, f"{PLUGIN}.closed_confirm", settings.closed_confirm.format(opens="12月3日 09:00")
         ),
+        *_staff_warnings(app, settings),
+    ]
+
+
+def _staff_warnings(app: App, settings: HandoverSettings) -> list[str]:
+    """A ``notify`` that names no webhook target: staff would never be told."""
+    webhook: Any = app.plugin_config("webhook")
+    names = {target.name for target in getattr(webhook, "targets", ())}
+    if not settings.notify or settings.notify in names:
+        return []
+    return [
+        f"{app.settings.source}: {PLUGIN}.notify: {settings.notify!r} is not a "
+        "[[webhook.targets]] name: staff are never told of a hand-over"
     ]
 
 
