@@ -137,6 +137,9 @@ class Staging:
     def __init__(self, message: Message) -> None:
         self.message_id = message.id
         self.changes: list[ConversationChange] = []
+        self.stored: dict[tuple[str, str], Conversation | None] = {}
+        """What the store held, read once per number while the message is handled:
+        only the pipeline writes conversations meanwhile, with the message's outcome."""
 
     def mark(self) -> int:
         return len(self.changes)
@@ -197,20 +200,24 @@ class ConversationHandle:
             return None
         return staging if staging.message_id == self._message_id else None
 
-    def _base(self) -> Conversation | None:
+    def _base(self, staging: Staging | None) -> Conversation | None:
         key = (self.account, self.number)
         if self.app.dry_run and key in self.app.dry_conversations:
             found = self.app.dry_conversations[key]
-        else:
+        elif staging is None:
             found = _stored(self.app, self.account, self.number)
+        else:
+            if key not in staging.stored:
+                staging.stored[key] = _stored(self.app, self.account, self.number)
+            found = staging.stored[key]
         return None if found is None or found.expired(self.app.time()) else found
 
     @property
     def current(self) -> Conversation | None:
         """The conversation as this message's handling left it so far; None when there
         is none (or it expired)."""
-        found = self._base()
         staging = self._staging()
+        found = self._base(staging)
         for change in staging.changes if staging is not None else ():
             if (change.account, change.number) == (self.account, self.number):
                 found = change_result(found, change)[0]
@@ -299,7 +306,7 @@ class ConversationHandle:
             staging.changes.append(change)
             return result
         if self.app.dry_run:
-            result = change_result(self._base(), change)[1]
+            result = change_result(self._base(None), change)[1]
             overlay(self.app, [change])
             return result
         return self.app.store.change_conversations([change])[0]

@@ -179,6 +179,21 @@ def write_transactions(app: App, monkeypatch: pytest.MonkeyPatch, text: str) -> 
     return len(opened)
 
 
+def test_handling_a_message_reads_its_conversation_from_the_store_once(flows, monkeypatch):
+    app = flows()  # flows, hand-over, guard and the webhook all look at the conversation
+    say(app, "预约")
+    reads = []
+    get_conversation = app.store.get_conversation
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return get_conversation(*args, **kwargs)
+
+    monkeypatch.setattr(app.store, "get_conversation", counted)
+    assert say(app, "12月3日") == ["请选择时段：1 上午 2 下午"]
+    assert len(reads) == 1
+
+
 def test_a_flow_step_costs_no_write_transaction_more_than_a_keyword_answer(flows, monkeypatch):
     app = flows()
     keyword = write_transactions(app, monkeypatch, "营业")
