@@ -20,6 +20,10 @@ Each run starts a fresh sandbox gateway (in this process, no read interval) hold
   nothing stored. Its throughput is measured the same way (first read to last send), its
   CPU per message with ``time.process_time()`` over the same span.
 
+With ``--store postgresql`` (or ``both``) the daemon runs are made again on a PostgreSQL
+store (a fresh database per run on ``--postgres URL``, else $RESPONDER_TEST_POSTGRES,
+else a throwaway cluster started with .ci/postgres), reported next to SQLite's.
+
 Then, once, the daemon idles against a gateway with a 6 s read interval and its CPU time
 is read from ``/proc/<pid>/stat`` over ``--idle-seconds``.
 
@@ -47,6 +51,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from responder.sandbox import Sandbox
 
@@ -110,8 +115,15 @@ def toml_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def write_config(folder: Path, url: str, poll_interval: float, extra: tuple[str, ...] = ()) -> Path:
-    """The benchmark's config in ``folder``; ``extra`` lines are appended (more tables)."""
+def write_config(
+    folder: Path,
+    url: str,
+    poll_interval: float,
+    extra: tuple[str, ...] = (),
+    store_url: str = "",
+) -> Path:
+    """The benchmark's config in ``folder``; ``extra`` lines are appended (more tables);
+    ``store_url``: a PostgreSQL store instead of SQLite's file."""
     lines = [
         "[gateway]",
         f"base_urls = {toml_value([url])}",
@@ -120,7 +132,9 @@ def write_config(folder: Path, url: str, poll_interval: float, extra: tuple[str,
         f"poll_interval = {poll_interval}",
         "simulator = true",
         "[store]",
-        f"path = {toml_value(str(folder / 'responder.db'))}",
+        f"url = {toml_value(store_url)}"
+        if store_url
+        else f"path = {toml_value(str(folder / 'responder.db'))}",
         "[log]",
         'format = "json"',
         'level = "info"',
@@ -214,10 +228,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def daemon_run(messages: int, folder: Path) -> tuple[float, float, float, float, float, Any, float]:
+def daemon_run(
+    messages: int, folder: Path, store_url: str = ""
+) -> tuple[float, float, float, float, float, Any, float]:
     with Sandbox(name=ACCOUNT, password=PASSWORD, min_read_interval=0) as sandbox:
         inject(sandbox, messages)
-        config = write_config(folder, sandbox.url, poll_interval=0)
+        config = write_config(folder, sandbox.url, poll_interval=0, store_url=store_url)
         daemon = Started(config, folder)
         try:
             wait_until(lambda: daemon.ready_at is not None, 10, "READY=1")
@@ -227,12 +243,19 @@ def daemon_run(messages: int, folder: Path) -> tuple[float, float, float, float,
             rss = daemon.peak_rss_mb()
         finally:
             daemon.stop()
-    with sqlite3.connect(folder / "responder.db") as conn:
-        pairs = conn.execute(
-            "SELECT m.journaled_at, MAX(o.finished_at) FROM messages m"
-            " JOIN queue_items o ON o.message_id = m.id AND o.queue = 'outbox'"
-            " WHERE o.state = 'done' GROUP BY m.id"
-        ).fetchall()
+    answered = (
+        "SELECT m.journaled_at, MAX(o.finished_at) FROM messages m"
+        " JOIN queue_items o ON o.message_id = m.id AND o.queue = 'outbox'"
+        " WHERE o.state = 'done' GROUP BY m.id"
+    )
+    if store_url:
+        import psycopg
+
+        with psycopg.connect(store_url) as pg:
+            pairs = pg.execute(answered).fetchall()
+    else:
+        with sqlite3.connect(folder / "responder.db") as conn:
+            pairs = conn.execute(answered).fetchall()
     assert len(pairs) == messages, f"{len(pairs)} of {messages} messages were answered"
     span = max(sent for _, sent in pairs) - min(journaled for journaled, _ in pairs)
     overhead = [sent - journaled for journaled, sent in pairs]
@@ -298,10 +321,81 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window")
     parser.add_argument("--json", action="store_true", help="also print the runs as JSON")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql", "both"),
+        default="sqlite",
+        help="the store(s) the daemon runs on; PostgreSQL's figures are reported next to SQLite's",
+    )
+    parser.add_argument("--postgres", default="", metavar="URL", help="a server for --store")
     args = parser.parse_args(argv)
+    postgres = PostgresRuns(args.postgres) if args.store != "sqlite" else None
+    try:
+        return _main(args, postgres)
+    finally:
+        if postgres is not None:
+            postgres.close()
+
+
+class PostgresRuns:
+    """A PostgreSQL server for the benchmark: a fresh database per run."""
+
+    def __init__(self, url: str) -> None:
+        self.folder: Path | None = None
+        url = url or os.environ.get("RESPONDER_TEST_POSTGRES", "")
+        if not url:
+            self.folder = Path(tempfile.mkdtemp(prefix="responder-bench-pg-"))
+            helper = Path(__file__).resolve().parent.parent / ".ci" / "postgres"
+            done = subprocess.run(
+                [str(helper), "start", str(self.folder)], capture_output=True, text=True
+            )
+            if done.returncode:
+                raise SystemExit(f".ci/postgres could not start a cluster: {done.stderr}")
+            url = done.stdout.split()[-1]
+        self.url = url
+        self.made: list[str] = []
+
+    def database(self) -> str:
+        import psycopg
+
+        name = f"bench_{os.getpid()}_{len(self.made)}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.made.append(name)
+        return urlunsplit(urlsplit(self.url)._replace(path=f"/{name}"))
+
+    def close(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for name in self.made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if self.folder is not None:
+            helper = Path(__file__).resolve().parent.parent / ".ci" / "postgres"
+            subprocess.run([str(helper), "remove", str(self.folder)], capture_output=True)
+
+
+def _main(args: argparse.Namespace, postgres: PostgresRuns | None) -> int:
 
     runs: list[Run] = []
+    pg_runs: list[Run] = []
     for number in range(1, args.runs + 1):
+        if postgres is not None:
+            folder = Path(tempfile.mkdtemp(prefix="responder-bench-"))
+            try:
+                figures = daemon_run(args.messages, folder, postgres.database())
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            pg_runs.append(Run(figures[0], 0.0, figures[6], 0.0, *figures[1:6]))
+            print(
+                f"run {number} on PostgreSQL: daemon {figures[0]:.0f} msg/s, CPU/msg "
+                f"{figures[6]:.2f} ms, overhead p50 {figures[1]:.1f} ms p99 {figures[2]:.1f} ms,"
+                f" peak RSS {figures[3]:.1f} MB",
+                flush=True,
+            )
+        if args.store == "postgresql":
+            continue
         folder = Path(tempfile.mkdtemp(prefix="responder-bench-"))
         try:
             rate, p50, p99, rss, started, ready, cpu_ms = daemon_run(args.messages, folder)
@@ -316,6 +410,20 @@ def main(argv: list[str] | None = None) -> int:
             f"started {started:.3f} s, READY=1 {ready:.3f} s",
             flush=True,
         )
+    if pg_runs:
+        print("\n| figure (PostgreSQL store) | value |")
+        print("|---|---|")
+        for label, name, unit in (
+            ("daemon throughput", "daemon_rate", "msg/s"),
+            ("daemon CPU per message", "daemon_cpu_ms", "ms"),
+            ("overhead journal → sent, p50", "p50_ms", "ms"),
+            ("overhead journal → sent, p99", "p99_ms", "ms"),
+            ("peak RSS", "rss_mb", "MB"),
+        ):
+            value = statistics.median(getattr(run, name) for run in pg_runs)
+            print(f"| {label} | {value:.2f} {unit} |")
+    if not runs:
+        return 0
     folder = Path(tempfile.mkdtemp(prefix="responder-bench-"))
     try:
         idle = idle_cpu(args.idle_seconds, folder)

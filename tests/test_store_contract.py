@@ -1,8 +1,8 @@
 """The store contract: what every backend (``responder.store.StoreBackend``) must do.
 
 Each test talks to the store through the interface only: no SQL on the core tables, no
-SQLite specifics. The ``backend`` fixture has one param today, SQLite; a second backend
-(PostgreSQL) is one more entry in BACKENDS, and must pass every test here unchanged.
+SQLite specifics. The ``backend`` fixture runs every test on each entry of BACKENDS:
+SQLite, and PostgreSQL (a database of its own per test, tests/pg.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from responder.store import (
     SENT,
     UNCERTAIN,
     JournalUnwritable,
+    NewOutbound,
+    NotClaimed,
+    OutboundRecipient,
     OutgoingSms,
     StatementError,
     Store,
@@ -39,6 +42,8 @@ from responder.store import (
 )
 from responder.store.queues import QueueCounts
 from tests.conftest import Clock
+from tests.pg import PgServer, create_database, drop_database
+from tests.pg import refuse_writes as pg_refuse_writes
 
 DAY = 86400.0
 CUSTOMER = "13800138000"
@@ -51,6 +56,8 @@ class Backend:
 
     name: str
     location: Path
+    """The folder of the SQLite file, or the PostgreSQL database's URL as a Path-like
+    string (``str(location)``)."""
     clock: Clock
     open_at: Callable[[Path, Clock], StoreBackend]
     refuse_writes: Callable[[StoreBackend], None]
@@ -71,19 +78,42 @@ def _sqlite_refuse_writes(store: StoreBackend) -> None:
     store.query("PRAGMA query_only = ON")
 
 
+def _postgres_open(location: Path, clock: Clock) -> StoreBackend:
+    from responder.store.postgres import PostgresStore
+
+    return PostgresStore(str(location), clock=clock)
+
+
+def _postgres_refuse_writes(store: StoreBackend) -> None:
+    """Every later write fails as on a read-only server (its sessions are ended, new ones
+    are read-only)."""
+    server, name = _PG_DATABASES[str(store.url)]  # type: ignore[attr-defined]
+    pg_refuse_writes(server, name)
+
+
+_PG_DATABASES: dict[str, tuple[PgServer, str]] = {}
+
 BACKENDS: dict[str, tuple[Callable[[Path, Clock], StoreBackend], Callable[[StoreBackend], None]]]
 BACKENDS = {
     "sqlite": (
         lambda path, clock: Store(path / "responder.db", clock=clock),
         _sqlite_refuse_writes,
     ),
+    "postgresql": (_postgres_open, _postgres_refuse_writes),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     open_at, refuse_writes = BACKENDS[request.param]
-    handle = Backend(request.param, tmp_path, Clock(), open_at, refuse_writes)
+    location = tmp_path
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("postgres_server")
+        name, url = create_database(server)
+        _PG_DATABASES[url] = (server, name)
+        request.addfinalizer(lambda: drop_database(server, name))
+        location = url  # type: ignore[assignment]
+    handle = Backend(request.param, location, Clock(), open_at, refuse_writes)
     try:
         yield handle
     finally:
@@ -321,6 +351,27 @@ def test_a_released_claim_is_pending_again_without_counting_the_attempt(store):
     assert (due.state, due.attempts, due.last_error) == (PENDING, 0, "held: out of credit")
 
 
+@pytest.mark.parametrize(
+    "settle",
+    [
+        lambda s, i: s.claim_send(i),
+        lambda s, i: (s.claim_send(i), s.record_sent(i, raw="num=1", errid=0)),
+        lambda s, i: s.record_dead(i, error="stale"),
+    ],
+    ids=["claimed already", "sent already", "dead already"],
+)
+def test_a_claim_of_a_row_that_is_not_pending_says_so_and_changes_nothing(store, settle):
+    message, [row] = queued(store)
+    settle(store, row.id)
+    before = store.outbox_for(message.id)
+
+    with pytest.raises(NotClaimed, match=f"outbox row {row.id} was not claimed.*pending"):
+        store.claim_send(row.id)
+
+    assert store.outbox_for(message.id) == before
+    assert not is_storage_failure(NotClaimed("x"))
+
+
 def test_uncertain_attempts_are_counted(store):
     _message, [row] = queued(store)
     store.claim_send(row.id)
@@ -497,6 +548,46 @@ def test_each_account_works_on_its_own_rows_only(store):
     assert store.outbox_depth() == 2 and store.outbox_depth(account="branch") == 1
 
 
+def test_any_accounts_next_message_is_the_oldest_of_all(store):
+    theirs = journaled(store, account="branch")
+    journaled(store, account="default")
+
+    assert store.next_unprocessed(account=None).id == theirs.id
+    assert store.next_unprocessed(account="other") is None
+
+
+def test_due_rows_of_every_account_leave_out_the_held_ones(store):
+    _ours, [our_row] = queued(store, account="default")
+    _theirs, [their_row] = queued(store, account="branch")
+
+    assert [r.id for r in store.due_outbox(account=None)] == [our_row.id, their_row.id]
+    assert [r.id for r in store.due_outbox(account=None, held=["default"])] == [their_row.id]
+    assert store.due_outbox(account=None, held=["default", "branch"]) == []
+
+
+def test_read_marks_are_kept_per_account(store):
+    store.set_last_read_at(10.0)
+    store.set_last_read_at(20.0, account="branch")
+    store.set_last_read_end(21.0, account="branch")
+    store.set_last_read_ok_at(22.0, account="branch")
+
+    assert store.last_read_at() == 10.0 and store.last_read_end() is None
+    assert store.last_read_at(account="branch") == 20.0
+    assert store.last_read_end(account="branch") == 21.0
+    assert store.last_read_ok_at(account="branch") == 22.0
+    assert store.last_read_at(account="other") is None
+    assert store.get_meta("last_read_at") == repr(10.0)  # "default" keeps its old key
+
+
+def test_in_flight_rows_of_every_account(store):
+    _ours, [our_row] = queued(store, account="default")
+    _theirs, [their_row] = queued(store, account="branch")
+    store.claim_send(our_row.id)
+    store.claim_send(their_row.id)
+
+    assert [r.id for r in store.in_flight(account=None)] == [our_row.id, their_row.id]
+
+
 def test_in_flight_rows_are_recovered_per_account(store):
     _ours, [our_row] = queued(store, account="default")
     _theirs, [their_row] = queued(store, account="branch")
@@ -508,8 +599,13 @@ def test_in_flight_rows_are_recovered_per_account(store):
 
 # -- plugins' own tables ---------------------------------------------------------------------
 
-STEPS = [
-    "CREATE TABLE notes_entries (id INTEGER PRIMARY KEY, number TEXT NOT NULL UNIQUE)",
+STEPS: list[str | dict[str, str]] = [
+    {
+        "sqlite": "CREATE TABLE notes_entries"
+        " (id INTEGER PRIMARY KEY, number TEXT NOT NULL UNIQUE)",
+        "postgresql": "CREATE TABLE notes_entries"
+        " (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, number TEXT NOT NULL UNIQUE)",
+    },
     "ALTER TABLE notes_entries ADD COLUMN note TEXT NOT NULL DEFAULT ''",
 ]
 
@@ -781,3 +877,257 @@ def test_exchange_shows_both_directions_each_reply_after_its_message(store):
         ("out", "客服回复", "send"),
     ]
     assert [line.text for line in store.exchange(CUSTOMER, limit=2)] == ["已转人工", "客服回复"]
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+def test_history_lists_both_directions_newest_first(backend, store):
+    message = journaled(store, "CX")
+    backend.clock.advance(1)
+    store.finish_message(message.id, outgoing=[reply("已受理")], plugin="keywords")
+    backend.clock.advance(1)
+    row_id = store.hand_sent_start([CUSTOMER], "客服回复", raw=False)
+    store.hand_sent_finish(row_id, "sent", reason="")
+
+    rows = store.history(limit=10)
+
+    assert [(row.kind, row.text, row.numbers) for row in rows] == [
+        ("hand", "客服回复", (CUSTOMER,)),
+        ("reply", "已受理", (CUSTOMER,)),
+        ("in", "CX", (CUSTOMER,)),
+    ]
+    assert rows[1].message_id == message.id and rows[1].plugin == "keywords"
+    assert rows[2].plugin == "keywords" and rows[2].state == PROCESSED
+
+
+def test_history_pages_after_a_key_without_repeating_or_skipping(backend, store):
+    for index in range(7):
+        message = journaled(store, f"m{index}")
+        store.finish_message(message.id, outgoing=[reply(f"r{index}")])
+        if index % 2:
+            backend.clock.advance(1)  # some lines share their moment
+    seen: list[str] = []
+    before = None
+    while True:
+        rows = store.history(before=before, limit=3)
+        if not rows:
+            break
+        seen += [row.text for row in rows]
+        before = rows[-1].key
+
+    assert sorted(seen) == sorted([f"m{i}" for i in range(7)] + [f"r{i}" for i in range(7)])
+    assert len(seen) == 14
+
+
+def test_history_filters_by_number_direction_text_and_time(backend, store):
+    journaled(store, "早上好")
+    backend.clock.advance(10)
+    noon = backend.clock()
+    store.journal(sms("查询订单", src="13911020005"))
+    message = journaled(store, "查询余额")
+    store.finish_message(message.id, outgoing=[reply("余额100")])
+
+    assert [r.text for r in store.history(number="13911020005")] == ["查询订单"]
+    assert [r.text for r in store.history(direction="out")] == ["余额100"]
+    assert [r.text for r in store.history(grep="查询")] == ["查询余额", "查询订单"]
+    assert [r.text for r in store.history(until=noon)] == ["早上好"]
+    assert {r.text for r in store.history(since=noon)} == {"查询订单", "查询余额", "余额100"}
+
+
+def test_history_grep_takes_percent_and_underscore_literally(store):
+    journaled(store, "100% ok")
+    journaled(store, "100 ok")
+
+    assert [r.text for r in store.history(grep="0%")] == ["100% ok"]
+    assert store.history(grep="_") == []
+
+
+def test_history_shows_one_account_or_all(store):
+    journaled(store, "A")
+    journaled(store, "B", account="other")
+
+    assert [r.text for r in store.history()] == ["A"]
+    assert [r.text for r in store.history(account="other")] == ["B"]
+    assert sorted(r.text for r in store.history(account=None)) == ["A", "B"]
+
+
+# -- outbound sends ---------------------------------------------------------------------
+
+
+def _send(**fields: object) -> NewOutbound:
+    return NewOutbound(text=str(fields.pop("text", "您的报告已出")), **fields)  # type: ignore[arg-type]
+
+
+def _sms(*numbers: str, part: int = 1, parts: int = 1) -> OutgoingSms:
+    return OutgoingSms(numbers, f"part {part}", part=part, parts=parts, plugin="outbound")
+
+
+def test_an_outbound_send_is_stored_with_its_recipients_sms_and_conversations(backend, store):
+    started = Conversation(CUSTOMER, flow="reminder", step="answer", context={"a": 42})
+    row, created = store.outbound_create(
+        _send(key="k1", fingerprint="f1", context={"a": 42}, parts=1, answer="{}"),
+        [OutboundRecipient(CUSTOMER, "queued", parts=1), OutboundRecipient("1", "invalid", "bad")],
+        [_sms(CUSTOMER)],
+        [ConversationChange("start", "default", CUSTOMER, backend.clock(), started=started)],
+    )
+
+    assert created and row.id and row.created_at == backend.clock()
+    assert store.outbound_get(row.id) == row == store.outbound_find("k1")
+    assert [r.status for r in store.outbound_recipients(row.id)] == ["invalid", "queued"]
+    [item] = store.outbound_items(row.id)
+    assert (item.recipients, item.state) == ((CUSTOMER,), PENDING)
+    [due] = store.due_outbox()
+    assert (due.outbound_id, due.message_id) == (row.id, 0)
+    conversation = store.get_conversation(CUSTOMER)
+    assert conversation is not None and conversation.context == {"a": 42}
+
+
+def test_an_outbound_key_used_before_writes_nothing_and_gives_the_first_send(store):
+    first, _ = store.outbound_create(_send(key="k1", fingerprint="f1"), [], [_sms(CUSTOMER)])
+    again, created = store.outbound_create(
+        _send(key="k1", fingerprint="f2"), [OutboundRecipient("139", "queued")], [_sms("139")]
+    )
+
+    assert not created and again == first
+    assert store.outbound_recipients(first.id) == [] and store.outbox_depth() == 1
+    other, created = store.outbound_create(_send(key="k1", account="other"), [], [])
+    assert created and other.id != first.id
+    assert store.outbound_find("k1", account="other") == other
+
+
+def test_outbound_add_keeps_recipients_already_in_the_send(store):
+    row, _ = store.outbound_create(_send(), [OutboundRecipient(CUSTOMER, "queued", parts=1)], [])
+    store.outbound_add(
+        row.id,
+        [OutboundRecipient(CUSTOMER, "suppressed", "x"), OutboundRecipient("139", "queued")],
+        [_sms("139")],
+    )
+
+    assert store.outbound_known(row.id, [CUSTOMER, "139", "137"]) == {CUSTOMER, "139"}
+    assert {(r.number, r.status) for r in store.outbound_recipients(row.id)} == {
+        (CUSTOMER, "queued"),
+        ("139", "queued"),
+    }
+
+
+def test_an_outbound_item_carries_the_gateways_answer_to_it(store):
+    row, _ = store.outbound_create(
+        _send(), [OutboundRecipient(CUSTOMER, "queued")], [_sms(CUSTOMER, "1")]
+    )
+    [due] = store.due_outbox()
+    store.claim_send(due.id)
+    store.record_sent(due.id, raw="num=1&success=13800138000,&faile=1&errid=0", errid=0)
+
+    [item] = store.outbound_items(row.id)
+    assert item.result == "num=1&success=13800138000,&faile=1&errid=0"
+
+
+def test_a_scheduled_send_falls_due_and_is_released_once(backend, store):
+    at = backend.clock() + 60
+    row, _ = store.outbound_create(
+        _send(state="scheduled", at=at), [OutboundRecipient(CUSTOMER, "scheduled")], []
+    )
+
+    assert store.outbound_due() == [] and store.outbound_next_due() == at
+    backend.clock.advance(60)
+    assert [r.id for r in store.outbound_due()] == [row.id]
+    released = [OutboundRecipient(CUSTOMER, "queued", parts=1)]
+    assert store.outbound_release(row.id, released, [_sms(CUSTOMER)])
+    assert not store.outbound_release(row.id, released, [_sms(CUSTOMER)])
+    assert store.outbox_depth() == 1 and store.outbound_next_due() is None
+    assert store.outbound_recipients(row.id)[0].status == "queued"
+
+
+def test_cancel_takes_scheduled_recipients_and_pending_sms_but_not_those_sent(backend, store):
+    held, _ = store.outbound_create(
+        _send(state="scheduled", at=backend.clock() + 60),
+        [OutboundRecipient(CUSTOMER, "scheduled"), OutboundRecipient("1", "invalid")],
+        [],
+    )
+    queued_send, _ = store.outbound_create(
+        _send(),
+        [OutboundRecipient(CUSTOMER, "queued", parts=1), OutboundRecipient("139", "queued")],
+        [_sms(CUSTOMER), _sms("139")],
+    )
+    first = store.due_outbox(1)[0]
+    store.claim_send(first.id)
+    store.record_sent(first.id, raw="ok", errid=None)
+
+    assert store.outbound_cancel(held.id) == 1
+    assert store.outbound_cancel(queued_send.id) == 1
+    assert store.outbound_cancel(queued_send.id) == 0
+    assert store.outbound_cancel(9999) is None
+    assert store.outbound_cancel(held.id, account="other") is None
+    assert store.outbound_next_due() is None and store.outbox_depth() == 0
+    assert {(r.number, r.status) for r in store.outbound_recipients(queued_send.id)} == {
+        (CUSTOMER, "queued"),
+        ("139", "cancelled"),
+    }
+    assert [i.state for i in store.outbound_items(queued_send.id)] == [SENT]
+
+
+# -- the console's lists ---------------------------------------------------------------
+
+
+def test_latest_senders_lists_each_number_once_latest_first_and_pages(backend, store):
+    for src, text in (("13900000001", "a1"), ("13900000002", "b1"), ("13900000001", "a2")):
+        assert store.journal(sms(text, src=src)) is not None
+        backend.clock.advance(1)
+    assert store.journal(sms("other", src="13900000003"), account="shop") is not None
+
+    found = store.latest_senders(limit=10)
+
+    assert [(s.number, s.text, s.account) for s in found] == [
+        ("13900000001", "a2", "default"),
+        ("13900000002", "b1", "default"),
+    ]
+    assert [s.number for s in store.latest_senders(limit=1, offset=1)] == ["13900000002"]
+    assert [s.number for s in store.latest_senders(account=None, limit=1)] == ["13900000003"]
+
+
+def test_traffic_counts_messages_and_sms_queued_per_hour(backend, store):
+    since = backend.clock() - 3600
+    message = journaled(store)
+    store.finish_message(message.id, outgoing=[reply("一"), reply("二")], plugin="keywords")
+    backend.clock.advance(3600)
+    journaled(store)
+
+    hours = store.traffic(since, hours=3)
+
+    assert [(h.received, h.queued) for h in hours] == [(0, 0), (1, 2), (1, 0)]
+    assert [h.start - since for h in hours] == [0.0, 3600.0, 7200.0]
+
+
+def test_accounts_lists_every_account_with_rows(store):
+    assert store.accounts() == ["default"]
+    assert store.journal(sms("hi", src="13900000003"), account="shop") is not None
+    assert store.accounts() == ["default", "shop"]
+
+
+def test_prune_deletes_old_outbound_sends_once_every_sms_was_sent(backend, store):
+    sent, _ = store.outbound_create(
+        _send(), [OutboundRecipient(CUSTOMER, "queued", parts=1)], [_sms(CUSTOMER)]
+    )
+    failed, _ = store.outbound_create(
+        _send(), [OutboundRecipient("139", "queued", parts=1)], [_sms("139")]
+    )
+    held, _ = store.outbound_create(
+        _send(state="scheduled", at=backend.clock() + 400 * DAY), [], []
+    )
+    first, second = store.due_outbox(2)
+    store.claim_send(first.id)
+    store.record_sent(first.id, raw="ok", errid=None)
+    store.record_dead(second.id, error="refused")
+    backend.clock.advance(31 * DAY)
+
+    assert store.prune(30) == (0, 1)
+    assert store.outbound_get(sent.id) is None and store.outbound_items(sent.id) == []
+    assert store.outbound_get(failed.id) is not None
+    assert store.outbound_get(held.id) is not None
+
+
+def test_history_grep_ignores_the_case_of_latin_letters(store):
+    journaled(store, "Order 12")
+
+    assert [r.text for r in store.history(grep="oRDER")] == ["Order 12"]

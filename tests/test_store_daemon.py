@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from responder.config import settings_from_dict
 from responder.conversations import Conversation
 from responder.daemon import Daemon
 from responder.sandbox import Sandbox
@@ -24,22 +23,13 @@ DAY = 86400.0
 
 
 @pytest.fixture
-def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def run_daemon(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Callable[..., Daemon]:
     """Start a daemon in this process on ``tmp_path``'s store; stopped after the test."""
-    started: list[Daemon] = []
 
     def run(sandbox: Sandbox, **sections: dict[str, Any]) -> Daemon:
-        data = config_dict(sandbox, tmp_path, keywords=RULES, **sections)
-        settings = settings_from_dict(data, source=str(tmp_path / "config.toml"), environ={})
-        daemon = Daemon(settings=settings, notify=lambda _line: None, configure_logs=False)
-        started.append(daemon)
-        daemon.start()
-        return daemon
+        return start_daemon(config_dict(sandbox, tmp_path, keywords=RULES, **sections))
 
-    yield run
-    for daemon in started:
-        if not daemon.stopping.is_set():
-            daemon.stop()
+    return run
 
 
 def finished_message(store: Store, gateway_id: int) -> int:

@@ -157,6 +157,41 @@ SCHEMA: Final = (
         WHERE expires_at IS NOT NULL;
     CREATE INDEX conversations_by_state ON conversations (account, state, updated_at);
     """,
+    # version 7: sends no message asked for (the API, broadcasts): one row per send, with
+    # its idempotency key (unique per account) and the fingerprint of the request it came
+    # with, its state ("scheduled" until released, "queued", "cancelled") and the first
+    # answer (JSON); one row per recipient with its outcome; the outbox items they became.
+    """
+    CREATE TABLE outbound (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL DEFAULT 'default',
+        key TEXT NOT NULL DEFAULT '',
+        fingerprint TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT '',
+        text TEXT NOT NULL,
+        sender TEXT,
+        at REAL,
+        flow TEXT NOT NULL DEFAULT '',
+        context TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL DEFAULT 'queued',
+        parts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        answer TEXT NOT NULL DEFAULT ''
+    );
+    CREATE UNIQUE INDEX outbound_key ON outbound (account, key) WHERE key != '';
+    CREATE INDEX outbound_scheduled ON outbound (at) WHERE state = 'scheduled';
+    CREATE TABLE outbound_recipients (
+        outbound_id INTEGER NOT NULL REFERENCES outbound (id) ON DELETE CASCADE,
+        number TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        parts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (outbound_id, number)
+    ) WITHOUT ROWID;
+    ALTER TABLE queue_items ADD COLUMN outbound_id INTEGER REFERENCES outbound (id);
+    CREATE INDEX queue_items_by_outbound ON queue_items (outbound_id)
+        WHERE outbound_id IS NOT NULL;
+    """,
 )
 """Core schema migrations; the database's ``user_version`` counts those applied."""
 
@@ -180,3 +215,10 @@ UNCERTAIN: Final = "uncertain"
 """An SMS whose outcome was unknown, given up on (``replies.on_uncertain = "give_up"``):
 never sent again, it may well have gone out. Also the state of a message none of whose
 replies failed for sure, but one of them is uncertain."""
+
+# Outbound sends (``outbound.state``).
+OUTBOUND_SCHEDULED: Final = "scheduled"
+"""Held by the daemon until its time; its recipients are not in the outbox yet."""
+OUTBOUND_QUEUED: Final = "queued"
+"""Its recipients are in the outbox (or were suppressed, invalid or cancelled)."""
+OUTBOUND_CANCELLED: Final = "cancelled"

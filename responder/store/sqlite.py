@@ -17,50 +17,77 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from responder.conversations import (
-    KEEP,
     Conversation,
     ConversationChange,
-    Keep,
     change_result,
 )
 from responder.models import InboundSms, Message
 from responder.store.interface import (
     DEFAULT_ACCOUNT,
+    HISTORY_KINDS,
     ExchangeLine,
-    JournalEntry,
+    HistoryRow,
     JournalUnwritable,
-    OutboxRow,
+    NewOutbound,
+    NotClaimed,
+    OutboundRecipient,
+    OutboundRow,
     OutgoingSms,
     StatementError,
     StoreError,
     StoreStatus,
+    TrafficHour,
+    read_meta_key,
 )
+from responder.store.pg_sql import step_for
 from responder.store.queues import (
     QUEUE_CLAIMED,
     QUEUE_DEAD,
     QUEUE_DONE,
     QUEUE_PENDING,
-    QUEUE_STATES,
     QUEUE_UNCERTAIN,
-    QueueCounts,
     QueueItem,
+)
+from responder.store.rows import (
+    _CONVERSATION,
+    _NO_ID_BOUND,
+    _OUTBOUND,
+    _OUTBOX_STATE,
+    _QUEUE_BY_ID,
+    _QUEUE_BY_KEY,
+    _QUEUE_COLUMNS,
+    _REPLY_LOOKBACK,
+    StoreQueries,
+    _conversation,
+    _history_window,
+    _insert_outbound_items,
+    _insert_outbound_recipients,
+    _insert_outbox,
+    _like,
+    _of_account,
+    _outbound,
+    _outbox_answer,
+    _queue_item,
+    _queue_json,
 )
 from responder.store.schema import (
     DEAD,
     FAILED,
     IGNORED,
+    OUTBOUND_CANCELLED,
+    OUTBOUND_QUEUED,
+    OUTBOUND_SCHEDULED,
     OUTBOX,
     PROCESSED,
     RECEIVED,
     REPLIED,
     SCHEMA,
-    SENDING,
     SENT,
     UNCERTAIN,
 )
@@ -132,103 +159,11 @@ def _is_damage(err: BaseException) -> bool:
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
 
-def _message(row: sqlite3.Row) -> Message:
-    return Message(
-        id=row["id"],
-        gateway_id=row["gateway_id"],
-        src=row["src"],
-        dst=row["dst"],
-        text=row["text"],
-        received_at=datetime.fromisoformat(row["received_at"]) if row["received_at"] else None,
-        raw=row["raw"],
-        account=row["account"],
-    )
-
-
-def _entry(row: sqlite3.Row) -> JournalEntry:
-    return JournalEntry(
-        message=_message(row),
-        journaled_at=row["journaled_at"],
-        state=row["state"],
-        reason=row["reason"],
-        decided_by=row["decided_by"],
-        plugin=row["plugin"],
-    )
-
-
-def _of_account(account: str | None) -> tuple[str, tuple[str, ...]]:
-    """A WHERE condition (and its parameters) for one account's rows, or every row."""
-    return ("account = ?", (account,)) if account is not None else ("1", ())
-
-
-_OUTBOX_STATE: Final = {QUEUE_CLAIMED: SENDING, QUEUE_DONE: SENT}
-"""The outbox's names for the states of its queue's items (the others are the same)."""
-
-
-def _outbox(row: sqlite3.Row) -> OutboxRow:
-    payload = json.loads(row["payload"])
-    return OutboxRow(
-        id=row["id"],
-        message_id=row["message_id"],
-        recipients=tuple(filter(None, payload["recipients"])),
-        text=payload["text"],
-        part=payload["part"],
-        parts=payload["parts"],
-        plugin=payload["plugin"],
-        state=_OUTBOX_STATE.get(row["state"], row["state"]),
-        attempts=row["attempts"],
-        uncertain=row["uncertain"],
-        next_attempt_at=row["next_attempt_at"],
-        last_error=row["last_error"],
-        sender=payload["sender"],
-        created_at=row["created_at"],
-        account=row["account"],
-    )
-
-
-def _insert_outbox(
-    tx: sqlite3.Connection, message_id: int, outgoing: Sequence[OutgoingSms], now: float
-) -> None:
-    """Queue SMS on the "outbox" queue, each answering ``message_id`` and going out through
-    that message's account."""
-    tx.executemany(
-        "INSERT INTO queue_items (queue, account, payload, message_id, next_attempt_at,"
-        " created_at) SELECT ?, account, ?, id, ?, ? FROM messages WHERE id = ?",
-        [
-            (
-                OUTBOX,
-                _queue_json(
-                    OUTBOX,
-                    {
-                        "recipients": list(o.recipients),
-                        "text": o.text,
-                        "part": o.part,
-                        "parts": o.parts,
-                        "plugin": o.plugin,
-                        "sender": o.sender,
-                    },
-                ),
-                now,
-                now,
-                message_id,
-            )
-            for o in outgoing
-        ],
-    )
-
-
-_OUTBOX_ITEM: Final = "SELECT * FROM queue_items WHERE queue = 'outbox'"
-"""The outbox's items (every column: ``_outbox`` reads them)."""
-
-
-_REPLY_LOOKBACK: Final = 86400.0
-"""``replies_to``: how long before the window a message may have come and still count."""
-_NO_ID_BOUND: Final = 2**63 - 1
-"""``texts_from`` without ``before_id``: above every id."""
-
-
-class Store:
+class Store(StoreQueries):
     """The SQLite store. Safe to use from several threads: each gets its own connection."""
+
+    dialect: Final = "sqlite"
+    """The SQL dialect of ``query``, ``transaction`` and ``migrate`` ("sqlite")."""
 
     def __init__(
         self,
@@ -408,13 +343,14 @@ class Store:
         """Rows of a read, for a plugin's own tables (and the store's methods). ``missing_ok``:
         a table not created yet reads as empty (a plugin's table under ``simulate``, where
         its startup never ran). StoreError or StatementError when it fails."""
-        with self._errors():
-            try:
-                return self._connection().execute(sql, params).fetchall()
-            except sqlite3.OperationalError as err:
-                if missing_ok and "no such table" in str(err):
-                    return []
-                raise
+        try:  # as ``_errors`` does, without a context manager's cost: a hot path
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as err:
+            if missing_ok and "no such table" in str(err):
+                return []
+            raise self._wrap(err) from err
+        except sqlite3.Error as err:
+            raise self._wrap(err) from err
 
     def close(self) -> None:
         if self._exclusive is not None:
@@ -465,18 +401,23 @@ class Store:
         finally:
             conn.execute("PRAGMA foreign_keys=ON")
 
-    def migrate(self, owner: str, steps: Sequence[str]) -> None:
+    def migrate(self, owner: str, steps: Sequence[str | Mapping[str, str]]) -> None:
         """Bring a plugin's tables up to date: apply ``steps`` it has not applied yet.
 
-        Each step is one SQL script; the steps due are applied together in one
-        transaction. Append new steps, never change old ones. Name tables after the
-        plugin to avoid clashes.
+        Each step is one SQL script, or a mapping of a script per dialect
+        (``{"sqlite": ..., "postgresql": ...}``) where the backends' DDL differs; the steps
+        due are applied together in one transaction. Append new steps, never change old
+        ones. Name tables after the plugin to avoid clashes.
         """
+        for number, step in enumerate(steps, start=1):
+            if not isinstance(step, str) and self.dialect not in step:
+                raise StatementError(f"{owner}: schema step {number} has no 'sqlite' variant")
         with self.transaction() as tx:
             row = tx.execute("SELECT version FROM plugin_schema WHERE owner = ?", (owner,))
             found = row.fetchone()
             version = found["version"] if found else 0
-            for number, script in enumerate(steps[version:], start=version + 1):
+            for number, step in enumerate(steps[version:], start=version + 1):
+                script = step_for(step, self.dialect)
                 for statement in filter(str.strip, script.split(";")):
                     tx.execute(statement)
                 tx.execute(
@@ -514,10 +455,6 @@ class Store:
 
     # -- meta ------------------------------------------------------------------------
 
-    def get_meta(self, key: str) -> str | None:
-        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0]["value"] if rows else None
-
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as tx:
             tx.execute(
@@ -526,18 +463,18 @@ class Store:
                 (key, value),
             )
 
-    def last_read_at(self) -> float | None:
-        value = self.get_meta("last_read_at")
+    def last_read_at(self, *, account: str = DEFAULT_ACCOUNT) -> float | None:
+        value = self.get_meta(read_meta_key("last_read_at", account))
         return float(value) if value else None
 
-    def set_last_read_at(self, moment: float) -> None:
+    def set_last_read_at(self, moment: float, *, account: str = DEFAULT_ACCOUNT) -> None:
         """When the latest read began (before its request left).
 
         Raises JournalUnwritable when it cannot be written: the read must not go out, as
         the message it may bring could not be journaled either.
         """
         try:
-            self._set_meta_unsynced("last_read_at", repr(moment))
+            self._set_meta_unsynced(read_meta_key("last_read_at", account), repr(moment))
         except StoreError as err:
             raise JournalUnwritable(f"the store cannot be written: {err}") from None
 
@@ -565,21 +502,13 @@ class Store:
             return f"the store cannot be written: {err}"
         return ""
 
-    def set_reads_held(self, reason: str) -> None:
-        """Record why the daemon holds reading ("" once it reads again), for ``status``.
-
-        Best effort: the store may be what cannot be written.
-        """
-        with suppress(StoreError):
-            self.set_meta("reads_held", reason)
-
-    def last_read_end(self) -> float | None:
-        value = self.get_meta("last_read_end")
+    def last_read_end(self, *, account: str = DEFAULT_ACCOUNT) -> float | None:
+        value = self.get_meta(read_meta_key("last_read_end", account))
         return float(value) if value else None
 
-    def set_last_read_end(self, moment: float) -> None:
+    def set_last_read_end(self, moment: float, *, account: str = DEFAULT_ACCOUNT) -> None:
         """When the latest read's answer came (or the call failed)."""
-        self._set_meta_unsynced("last_read_end", repr(moment))
+        self._set_meta_unsynced(read_meta_key("last_read_end", account), repr(moment))
 
     def _set_meta_unsynced(self, key: str, value: str) -> None:
         """Commit read bookkeeping without waiting for the disk (one fsync less per read).
@@ -602,13 +531,13 @@ class Store:
             with self._errors():
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
-    def last_read_ok_at(self) -> float | None:
+    def last_read_ok_at(self, *, account: str = DEFAULT_ACCOUNT) -> float | None:
         """When a read last got an answer (a message or "nothing unread")."""
-        value = self.get_meta("last_read_ok_at")
+        value = self.get_meta(read_meta_key("last_read_ok_at", account))
         return float(value) if value else None
 
-    def set_last_read_ok_at(self, moment: float) -> None:
-        self._set_meta_unsynced("last_read_ok_at", repr(moment))
+    def set_last_read_ok_at(self, moment: float, *, account: str = DEFAULT_ACCOUNT) -> None:
+        self._set_meta_unsynced(read_meta_key("last_read_ok_at", account), repr(moment))
 
     # -- messages --------------------------------------------------------------------
 
@@ -653,36 +582,6 @@ class Store:
             account=account,
         )
 
-    def get_message(self, message_id: int) -> Message | None:
-        rows = self.query("SELECT * FROM messages WHERE id = ?", (message_id,))
-        return _message(rows[0]) if rows else None
-
-    def message_state(self, message_id: int) -> tuple[str, str]:
-        row = self.query("SELECT state, reason FROM messages WHERE id = ?", (message_id,))[0]
-        return row["state"], row["reason"]
-
-    def next_unprocessed(self, *, account: str = DEFAULT_ACCOUNT) -> Message | None:
-        """The account's oldest message no plugin has finished with."""
-        rows = self.query(
-            "SELECT * FROM messages WHERE state = ? AND account = ? ORDER BY id LIMIT 1",
-            (RECEIVED, account),
-        )
-        return _message(rows[0]) if rows else None
-
-    def begin_processing(self, message_id: int) -> int:
-        """Count an attempt to process a message, before any plugin sees it; returns the count.
-
-        Not flushed: a count lost to a power cut only allows one attempt more.
-        """
-        return self._count_attempt(message_id, +1)
-
-    def uncount_attempt(self, message_id: int) -> None:
-        """Take back an attempt that a store failure ended: only a plugin's failure counts.
-
-        Raises StoreError when the store cannot take even this write.
-        """
-        self._count_attempt(message_id, -1)
-
     def _count_attempt(self, message_id: int, step: int) -> int:
         with self._unsynced(), self.transaction() as tx:
             tx.execute(
@@ -691,32 +590,6 @@ class Store:
             )
             row = tx.execute("SELECT attempts FROM messages WHERE id = ?", (message_id,))
             return row.fetchone()[0]
-
-    def messages_since(
-        self, moment: float, *, account: str | None = DEFAULT_ACCOUNT
-    ) -> list[Message]:
-        """Messages journaled at or after ``moment``, oldest first (``account`` None: all)."""
-        return [entry.message for entry in self.journal_since(moment, account=account)]
-
-    def journal_since(
-        self, moment: float, *, account: str | None = DEFAULT_ACCOUNT
-    ) -> list[JournalEntry]:
-        """As ``messages_since``, with when each was journaled and what became of it."""
-        where, params = _of_account(account)
-        rows = self.query(
-            f"SELECT * FROM messages WHERE journaled_at >= ? AND {where} ORDER BY id",
-            (moment, *params),
-        )
-        return [_entry(row) for row in rows]
-
-    def count_journaled(self, since: float, *, account: str | None = None) -> int:
-        """How many messages were journaled at or after ``since`` (``account`` None: all)."""
-        where, params = _of_account(account)
-        rows = self.query(
-            f"SELECT COUNT(*) FROM messages WHERE journaled_at >= ? AND {where}",
-            (since, *params),
-        )
-        return int(rows[0][0])
 
     def finish_message(
         self,
@@ -771,22 +644,18 @@ class Store:
     # queue's (_queue_claim, _queue_back, _queue_finish); these add the gateway's answer
     # and settle the message once its every SMS is.
 
-    def due_outbox(self, limit: int = 20, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
-        """The account's rows due for a send attempt, oldest first."""
-        rows = self.query(
-            f"{_OUTBOX_ITEM} AND state = ? AND next_attempt_at <= ? AND account = ?"
-            " ORDER BY id LIMIT ?",
-            (QUEUE_PENDING, self.clock(), account, limit),
-        )
-        return [_outbox(row) for row in rows]
-
     def claim_send(self, row_id: int) -> int:
         """Mark a row as being sent, before the request leaves; returns the attempt number.
 
         A row found in this state after a restart is a send whose outcome is unknown.
         """
         with self.transaction() as tx:
-            _queue_claim(tx, [row_id])
+            if _queue_claim(tx, [row_id]) != 1:
+                raise NotClaimed(
+                    f"outbox row {row_id} was not claimed: it is not pending (another sender"
+                    " claimed it, or it was settled or cancelled); only a pending row"
+                    " can be sent"
+                )
             return tx.execute(
                 "SELECT attempts FROM queue_items WHERE id = ?", (row_id,)
             ).fetchone()[0]
@@ -797,19 +666,6 @@ class Store:
         with self.transaction() as tx:
             if _queue_back(tx, row_id, error=error, uncount=True):
                 tx.execute("UPDATE queue_items SET errid = ? WHERE id = ?", (errid, row_id))
-
-    def record_sent(self, row_id: int, *, raw: str, errid: int | None) -> None:
-        self._resolve(row_id, QUEUE_DONE, raw=raw, errid=errid, error="")
-
-    def record_dead(
-        self, row_id: int, *, error: str, raw: str = "", errid: int | None = None
-    ) -> None:
-        self._resolve(row_id, QUEUE_DEAD, raw=raw, errid=errid, error=error)
-
-    def record_uncertain(self, row_id: int, *, error: str) -> None:
-        """Give up on a send whose outcome is unknown: never sent again (it may have gone
-        out); counted as an uncertain attempt."""
-        self._resolve(row_id, QUEUE_UNCERTAIN, raw="", errid=None, error=error, uncertain=True)
 
     def record_retry(
         self,
@@ -854,27 +710,6 @@ class Store:
                 settled = FAILED if dead_rows else UNCERTAIN if uncertain_rows else REPLIED
                 tx.execute("UPDATE messages SET state = ? WHERE id = ?", (settled, message_id))
 
-    def in_flight(self, *, account: str = DEFAULT_ACCOUNT) -> list[OutboxRow]:
-        """The account's rows left "sending" by a process that died: their outcome is
-        unknown."""
-        rows = self.query(
-            f"{_OUTBOX_ITEM} AND state = ? AND account = ? ORDER BY id", (QUEUE_CLAIMED, account)
-        )
-        return [_outbox(row) for row in rows]
-
-    def outbox_for(self, message_id: int) -> list[OutboxRow]:
-        rows = self.query(f"{_OUTBOX_ITEM} AND message_id = ? ORDER BY id", (message_id,))
-        return [_outbox(row) for row in rows]
-
-    def outbox_depth(self, *, account: str | None = None) -> int:
-        """SMS waiting to be sent: pending or being sent (``account`` None: every account)."""
-        where, params = _of_account(account)
-        rows = self.query(
-            f"SELECT COUNT(*) FROM queue_items WHERE queue = ? AND state IN (?, ?) AND {where}",
-            (OUTBOX, QUEUE_PENDING, QUEUE_CLAIMED, *params),
-        )
-        return int(rows[0][0])
-
     # -- retention -------------------------------------------------------------------
 
     def prune(
@@ -902,7 +737,7 @@ class Store:
             " OR COALESCE(o.finished_at, o.created_at) >= ?))"
         )
         params = (REPLIED, IGNORED, cutoff, cutoff, QUEUE_DONE, cutoff)
-        messages = rows = 0
+        messages, rows = 0, self._prune_outbound(cutoff, batch)
         while True:
             found = self.query(
                 f"SELECT id FROM messages WHERE {finished} ORDER BY id LIMIT ?", (*params, batch)
@@ -928,10 +763,39 @@ class Store:
                 return messages, rows
             time.sleep(0.01)  # let the daemon's other writers in between batches
 
+    def _prune_outbound(self, cutoff: float, batch: int) -> int:
+        """Delete outbound sends made before ``cutoff`` whose every SMS was sent before it
+        (dead letters and uncertain SMS are kept, as for replies; a send still scheduled
+        too), with their recipients and SMS; returns how many SMS."""
+        old = (
+            "state != ? AND created_at < ? AND NOT EXISTS (SELECT 1 FROM queue_items o"
+            " WHERE o.outbound_id = outbound.id AND (o.state != ?"
+            " OR COALESCE(o.finished_at, o.created_at) >= ?))"
+        )
+        params = (OUTBOUND_SCHEDULED, cutoff, QUEUE_DONE, cutoff)
+        rows = 0
+        while True:
+            with self.transaction() as tx:
+                ids = [
+                    (row[0],)
+                    for row in tx.execute(
+                        f"SELECT id FROM outbound WHERE {old} ORDER BY id LIMIT ?", (*params, batch)
+                    )
+                ]
+                for statement in (
+                    "DELETE FROM queue_items WHERE outbound_id = ?",
+                    "DELETE FROM outbound_recipients WHERE outbound_id = ?",
+                    "DELETE FROM outbound WHERE id = ?",
+                ):
+                    cursor = tx.executemany(statement, ids)
+                    if statement.startswith("DELETE FROM queue_items"):
+                        rows += cursor.rowcount
+            if len(ids) < batch:
+                return rows
+
     # -- status ----------------------------------------------------------------------
 
     def status(self) -> StoreStatus:
-        """The figures of ``responder status`` and the metrics, over every account."""
 
         def grouped(sql: str) -> dict[str, int]:
             return {row[0]: row[1] for row in self.query(sql)}
@@ -1016,6 +880,161 @@ class Store:
                 " VALUES (?, ?, ?, 'suppressed', ?)",
                 [(now, number, text, reason) for number, reason in numbers],
             )
+
+    # -- outbound sends ---------------------------------------------------
+
+    def outbound_create(
+        self,
+        send: NewOutbound,
+        recipients: Sequence[OutboundRecipient],
+        outgoing: Sequence[OutgoingSms],
+        conversations: Sequence[ConversationChange] = (),
+    ) -> tuple[OutboundRow, bool]:
+        now = self.clock()
+        with self.transaction() as tx:
+            if send.key:
+                row = tx.execute(
+                    f"{_OUTBOUND} WHERE account = ? AND key = ?", (send.account, send.key)
+                ).fetchone()
+                if row is not None:
+                    return _outbound(row), False
+            send_id = tx.execute(
+                "INSERT INTO outbound (account, key, fingerprint, source, text, sender, at,"
+                " flow, context, state, parts, created_at, answer)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    send.account,
+                    send.key,
+                    send.fingerprint,
+                    send.source,
+                    send.text,
+                    send.sender,
+                    send.at,
+                    send.flow,
+                    json.dumps(dict(send.context), ensure_ascii=False, sort_keys=True),
+                    send.state,
+                    send.parts,
+                    now,
+                    send.answer,
+                ),
+            ).lastrowid
+            assert send_id is not None
+            _insert_outbound_recipients(tx, send_id, recipients)
+            _insert_outbound_items(tx, send_id, send.account, outgoing, now)
+            for change in conversations:
+                _change_conversation(tx, change, now)
+        stored = OutboundRow(**{f.name: getattr(send, f.name) for f in dataclass_fields(send)})
+        return replace(stored, id=send_id, created_at=now), True
+
+    def outbound_add(
+        self,
+        send_id: int,
+        recipients: Sequence[OutboundRecipient],
+        outgoing: Sequence[OutgoingSms],
+        conversations: Sequence[ConversationChange] = (),
+    ) -> None:
+        now = self.clock()
+        with self.transaction() as tx:
+            row = tx.execute("SELECT account FROM outbound WHERE id = ?", (send_id,)).fetchone()
+            if row is None:
+                raise StatementError(f"there is no outbound send {send_id}")
+            _insert_outbound_recipients(tx, send_id, recipients)
+            _insert_outbound_items(tx, send_id, row["account"], outgoing, now)
+            for change in conversations:
+                _change_conversation(tx, change, now)
+
+    def outbound_known(self, send_id: int, numbers: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        unique = list(dict.fromkeys(numbers))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.query(
+                "SELECT number FROM outbound_recipients WHERE outbound_id = ?"
+                f" AND number IN ({marks})",
+                (send_id, *chunk),
+            )
+            known.update(row[0] for row in rows)
+        return known
+
+    def outbound_release(
+        self,
+        send_id: int,
+        recipients: Sequence[OutboundRecipient],
+        outgoing: Sequence[OutgoingSms],
+        conversations: Sequence[ConversationChange] = (),
+    ) -> bool:
+        now = self.clock()
+        with self.transaction() as tx:
+            row = tx.execute(
+                "SELECT account FROM outbound WHERE id = ? AND state = ?",
+                (send_id, OUTBOUND_SCHEDULED),
+            ).fetchone()
+            if row is None:
+                return False
+            tx.execute("UPDATE outbound SET state = ? WHERE id = ?", (OUTBOUND_QUEUED, send_id))
+            tx.executemany(
+                "UPDATE outbound_recipients SET status = ?, reason = ?, parts = ?"
+                " WHERE outbound_id = ? AND number = ?",
+                [(r.status, r.reason, r.parts, send_id, r.number) for r in recipients],
+            )
+            _insert_outbound_items(tx, send_id, row["account"], outgoing, now)
+            for change in conversations:
+                _change_conversation(tx, change, now)
+        return True
+
+    def outbound_cancel(self, send_id: int, *, account: str | None = DEFAULT_ACCOUNT) -> int | None:
+        where, params = _of_account(account)
+        with self.transaction() as tx:
+            row = tx.execute(
+                f"SELECT state FROM outbound WHERE id = ? AND {where}", (send_id, *params)
+            ).fetchone()
+            if row is None:
+                return None
+            cancelled = 0
+            if row["state"] == OUTBOUND_SCHEDULED:  # held: nothing of it in the outbox yet
+                cancelled = tx.execute(
+                    "UPDATE outbound_recipients SET status = 'cancelled',"
+                    " reason = 'cancelled before its time' WHERE outbound_id = ? AND status = ?",
+                    (send_id, OUTBOUND_SCHEDULED),
+                ).rowcount
+            pending = tx.execute(
+                "SELECT id, payload FROM queue_items WHERE queue = ? AND outbound_id = ?"
+                " AND state = ?",
+                (OUTBOX, send_id, QUEUE_PENDING),
+            ).fetchall()
+            numbers = {n for item in pending for n in json.loads(item["payload"])["recipients"]}
+            tx.executemany("DELETE FROM queue_items WHERE id = ?", [(i["id"],) for i in pending])
+            handed = {
+                n
+                for item in tx.execute(
+                    "SELECT payload FROM queue_items WHERE queue = ? AND outbound_id = ?",
+                    (OUTBOX, send_id),
+                )
+                for n in json.loads(item["payload"])["recipients"]
+            }
+            tx.executemany(
+                "UPDATE outbound_recipients SET status = 'cancelled', reason = ?"
+                " WHERE outbound_id = ? AND number = ? AND status IN (?, ?)",
+                [
+                    (
+                        "cancelled after some of its parts were handed to the gateway"
+                        if number in handed
+                        else "cancelled before it was sent",
+                        send_id,
+                        number,
+                        OUTBOUND_QUEUED,
+                        OUTBOUND_SCHEDULED,
+                    )
+                    for number in sorted(numbers)
+                ],
+            )
+            cancelled += len(numbers)
+            if row["state"] == OUTBOUND_SCHEDULED or (numbers and not handed):
+                tx.execute(
+                    "UPDATE outbound SET state = ? WHERE id = ?", (OUTBOUND_CANCELLED, send_id)
+                )
+        return cancelled
 
     # -- durable queues ---------------------------------------------------
     # Every statement on queue_items; responder.queue.DurableQueue calls these.
@@ -1132,100 +1151,19 @@ class Store:
                 params,
             ).rowcount
 
-    def queue_get(self, item_id: int) -> QueueItem | None:
-        rows = self.query(_QUEUE_BY_ID, (item_id,))
-        return _queue_item(rows[0]) if rows else None
-
-    def queue_items(
-        self, queue: str, *, state: str, limit: int = 100, account: str = "default"
-    ) -> list[QueueItem]:
-        """Items of ``queue`` in ``state``, oldest first."""
-        rows = self.query(
-            f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE queue = ? AND account = ?"
-            " AND state = ? ORDER BY id LIMIT ?",
-            (queue, account, state, limit),
-        )
-        return [_queue_item(row) for row in rows]
-
-    def queue_counts(self, queue: str, *, account: str = "default") -> QueueCounts:
-        rows = self.query(
-            "SELECT state, COUNT(*) FROM queue_items WHERE queue = ? AND account = ?"
-            " GROUP BY state",
-            (queue, account),
-        )
-        return QueueCounts(**{row[0]: row[1] for row in rows if row[0] in QUEUE_STATES})
-
-    def queue_next_due(self, queue: str, *, account: str = "default") -> float | None:
-        """When the soonest pending item of ``queue`` is due (maybe past), or None."""
-        rows = self.query(
-            "SELECT MIN(next_attempt_at) FROM queue_items WHERE queue = ? AND account = ?"
-            " AND state = ?",
-            (queue, account, QUEUE_PENDING),
-        )
-        return rows[0][0] if rows else None
-
     def queue_prune(self, before: float) -> int:
         """Delete done items (of every queue) finished before ``before``; dead ones stay, and
-        so do items answering a message (the outbox's): they go with it (``prune``)."""
+        so do the outbox's items (answering a message, or of an outbound send): they go
+        with it (``prune``)."""
         with self.transaction() as tx:
             return tx.execute(
                 "DELETE FROM queue_items WHERE state = ? AND finished_at < ?"
-                " AND message_id IS NULL",
+                " AND message_id IS NULL AND outbound_id IS NULL",
                 (QUEUE_DONE, before),
             ).rowcount
 
     # -- conversations ------------------------------------------------------------
     # One row per (account, number); a row past its expires_at reads as absent.
-
-    def get_conversation(
-        self, number: str, *, account: str = DEFAULT_ACCOUNT
-    ) -> Conversation | None:
-        rows = self.query(
-            f"{_CONVERSATION} WHERE account = ? AND number = ?"
-            " AND (expires_at IS NULL OR expires_at > ?)",
-            (account, number, self.clock()),
-        )
-        return _conversation(rows[0]) if rows else None
-
-    def start_conversation(self, conversation: Conversation) -> Conversation:
-        change = ConversationChange(
-            "start",
-            conversation.account,
-            conversation.number,
-            conversation.updated_at,
-            started=conversation,
-        )
-        result = self.change_conversations([change])[0]
-        assert result is not None
-        return result
-
-    def move_conversation(
-        self,
-        number: str,
-        *,
-        step: str | None = None,
-        fields: Mapping[str, str] | None = None,
-        expires_at: float | Keep | None = KEEP,
-        expect_step: str | None = None,
-        account: str = DEFAULT_ACCOUNT,
-    ) -> Conversation | None:
-        change = ConversationChange(
-            "move",
-            account,
-            number,
-            self.clock(),
-            step=step,
-            fields=dict(fields or {}),
-            expires_at=expires_at,
-            expect_step=expect_step,
-        )
-        return self.change_conversations([change])[0]
-
-    def end_conversation(
-        self, number: str, *, account: str = DEFAULT_ACCOUNT
-    ) -> Conversation | None:
-        change = ConversationChange("end", account, number, self.clock())
-        return self.change_conversations([change])[0]
 
     def change_conversations(
         self, changes: Sequence[ConversationChange]
@@ -1245,29 +1183,6 @@ class Store:
                 "DELETE FROM conversations WHERE account = ? AND number = ?",
                 [(row["account"], row["number"]) for row in rows],
             )
-        return [_conversation(row) for row in rows]
-
-    def conversations(
-        self,
-        *,
-        state: str | None = None,
-        account: str | None = DEFAULT_ACCOUNT,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Conversation]:
-        where = ["(expires_at IS NULL OR expires_at > ?)"]
-        params: list[object] = [self.clock()]
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        if account is not None:
-            where.append("account = ?")
-            params.append(account)
-        rows = self.query(
-            f"{_CONVERSATION} WHERE {' AND '.join(where)}"
-            " ORDER BY updated_at DESC, number LIMIT ? OFFSET ?",
-            (*params, limit, offset),
-        )
         return [_conversation(row) for row in rows]
 
     # -- what plugins ask of the journal -----------------------------------
@@ -1296,29 +1211,6 @@ class Store:
             (number, since - _REPLY_LOOKBACK, number, since, until, account, account),
         )
         return int(rows[0][0])
-
-    def texts_from(
-        self,
-        number: str,
-        *,
-        since: float,
-        until: float | None = None,
-        before_id: int | None = None,
-        limit: int,
-        account: str | None = DEFAULT_ACCOUNT,
-    ) -> list[str]:
-        """The texts of the latest messages from ``number`` journaled between ``since`` and
-        ``until`` (default: now), newest first, at most ``limit``; with ``before_id`` only
-        those journaled before that message (a smaller id)."""
-        until = self.clock() if until is None else until
-        before = _NO_ID_BOUND if before_id is None else before_id
-        rows = self.query(
-            "SELECT text FROM messages"
-            " WHERE src = ? AND journaled_at >= ? AND journaled_at <= ? AND id < ?"
-            " AND (? IS NULL OR account = ?) ORDER BY id DESC LIMIT ?",
-            (number, since, until, before, account, account, max(limit, 0)),
-        )
-        return [row[0] for row in rows]
 
     def exchange(
         self, number: str, *, limit: int, account: str | None = DEFAULT_ACCOUNT
@@ -1359,26 +1251,104 @@ class Store:
         keyed.sort(key=lambda pair: pair[0])
         return [line for _key, line in keyed[-limit:]] if limit else []
 
-    def counts_by_reason(self, decided_by: str, *, account: str | None = None) -> dict[str, int]:
-        """Messages whose drop or veto ``decided_by`` decided, counted by reason (whatever
-        became of them later). Rows of older stores, whose reason was written
-        "<decided_by>: <reason>", are counted under their reason too."""
-        prefix = f"{decided_by}: "
-        counts: dict[str, int] = {}
-        for reason, count in self.query(
-            "SELECT reason, COUNT(*) FROM messages WHERE decided_by = ? AND reason != ''"
-            " AND (? IS NULL OR account = ?) GROUP BY reason",
-            (decided_by, account, account),
+    # -- the console's lists ---------------------------------------------------------------
+
+    def traffic(
+        self, since: float, *, hours: int = 24, account: str | None = DEFAULT_ACCOUNT
+    ) -> list[TrafficHour]:
+        hours = max(hours, 0)
+        until = since + hours * 3600.0
+        received = [0] * hours
+        queued = [0] * hours
+        for counts, sql in (
+            (
+                received,
+                "SELECT CAST((journaled_at - ?) / 3600 AS INTEGER), COUNT(*) FROM messages"
+                " WHERE journaled_at >= ? AND journaled_at < ? AND (? IS NULL OR account = ?)"
+                " GROUP BY 1",
+            ),
+            (
+                queued,
+                "SELECT CAST((created_at - ?) / 3600 AS INTEGER), COUNT(*) FROM queue_items"
+                f" WHERE queue = '{OUTBOX}' AND created_at >= ? AND created_at < ?"
+                " AND (? IS NULL OR account = ?) GROUP BY 1",
+            ),
         ):
-            counts[reason] = counts.get(reason, 0) + count
-        for reason, count in self.query(
-            "SELECT reason, COUNT(*) FROM messages WHERE decided_by = ''"
-            " AND substr(reason, 1, ?) = ? AND (? IS NULL OR account = ?) GROUP BY reason",
-            (len(prefix), prefix, account, account),
-        ):
-            kind = reason[len(prefix) :]
-            counts[kind] = counts.get(kind, 0) + count
-        return counts
+            for hour, count in self.query(sql, (since, since, until, account, account)):
+                if 0 <= hour < hours:
+                    counts[hour] += count
+        return [
+            TrafficHour(since + hour * 3600.0, received[hour], queued[hour])
+            for hour in range(hours)
+        ]
+
+    # -- history ---------------------------------------------------------------------------
+
+    def _history_outbox(
+        self,
+        account: str | None,
+        number: str | None,
+        since: float | None,
+        until: float | None,
+        grep: str | None,
+        before: tuple[float, int, int] | None,
+        limit: int,
+    ) -> list[HistoryRow]:
+        columns = {row[1] for row in self.query("PRAGMA table_info(queue_items)")}
+        sends = "outbound_id" in columns
+        # Replies and outbound sends are both outbox items, ranked apart at the same moment:
+        # each kind is read on its own so that the key order holds within it.
+        found: list[HistoryRow] = []
+        for kind in ("reply", "send") if sends else ("reply",):
+            where, params = _history_window(
+                "o.created_at", "o.id", HISTORY_KINDS.index(kind), since, until, before
+            )
+            where.append("o.queue = 'outbox'")
+            if sends:
+                where.append(
+                    "o.outbound_id IS NULL" if kind == "reply" else "o.outbound_id IS NOT NULL"
+                )
+            if account is not None:
+                where.append("o.account = ?")
+                params.append(account)
+            if number is not None:
+                # A cheap look for the quoted number in the JSON first, then the exact test.
+                where.append(
+                    "instr(o.payload, ?) > 0 AND EXISTS"
+                    " (SELECT 1 FROM json_each(o.payload, '$.recipients') r WHERE r.value = ?)"
+                )
+                params += [json.dumps(number), number]
+            if grep:
+                where.append("json_extract(o.payload, '$.text') LIKE ? ESCAPE '\\'")
+                params.append(_like(grep))
+            send_columns = "o.outbound_id, s.source" if kind == "send" else "NULL, ''"
+            join = " LEFT JOIN outbound s ON s.id = o.outbound_id" if kind == "send" else ""
+            sql = (
+                f"SELECT o.id, o.created_at, o.payload, o.state, o.message_id, o.errid,"
+                f" o.last_error, {send_columns} FROM queue_items o{join}"
+                f" WHERE {' AND '.join(where)} ORDER BY o.created_at DESC, o.id DESC LIMIT ?"
+            )
+            for row in self.query(sql, (*params, limit)):
+                payload = json.loads(row[2])
+                found.append(
+                    HistoryRow(
+                        kind=kind,
+                        id=row[0],
+                        at=row[1],
+                        numbers=tuple(filter(None, payload.get("recipients", ()))),
+                        text=payload.get("text", ""),
+                        state=_OUTBOX_STATE.get(row[3], row[3]),
+                        plugin=payload.get("plugin", ""),
+                        message_id=row[4],
+                        send_id=row[7],
+                        source=row[8] or "",
+                        part=payload.get("part", 1),
+                        parts=payload.get("parts", 1),
+                        errid=row[5],
+                        error=row[6],
+                    )
+                )
+        return found
 
 
 def _add_replies(
@@ -1396,27 +1366,6 @@ def _add_replies(
 
 
 # -- conversations: helpers -----------------------------------------------------
-
-_CONVERSATION: Final = (
-    "SELECT account, number, flow, step, fields, state, started_at, updated_at, expires_at,"
-    " context, who FROM conversations"
-)
-
-
-def _conversation(row: sqlite3.Row) -> Conversation:
-    return Conversation(
-        number=row["number"],
-        flow=row["flow"],
-        step=row["step"],
-        fields=json.loads(row["fields"]),
-        state=row["state"],
-        started_at=row["started_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-        context=json.loads(row["context"]),
-        who=row["who"],
-        account=row["account"],
-    )
 
 
 def _change_conversation(
@@ -1460,46 +1409,16 @@ def _change_conversation(
 
 # -- durable queues: helpers ----------------------------------------------------
 
-_QUEUE_COLUMNS: Final = (
-    "id, queue, account, key, payload, state, attempts, next_attempt_at, last_error,"
-    " created_at, finished_at"
-)
-_QUEUE_BY_ID: Final = f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE id = ?"
-_QUEUE_BY_KEY: Final = f"SELECT {_QUEUE_COLUMNS} FROM queue_items WHERE queue = ? AND key = ?"
-
-
-def _queue_json(queue: str, payload: Any) -> str:
-    try:
-        return json.dumps(payload, ensure_ascii=False, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"queue {queue!r}: the payload cannot be written as JSON: {err}") from None
-
-
-def _queue_item(row: sqlite3.Row) -> QueueItem:
-    return QueueItem(
-        id=row["id"],
-        queue=row["queue"],
-        key=row["key"],
-        payload=json.loads(row["payload"]),
-        state=row["state"],
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        account=row["account"],
-    )
-
 
 # The transitions of a queue item: the one state machine of every queue, the outbox's too.
 
 
-def _queue_claim(tx: sqlite3.Connection, ids: Sequence[int]) -> None:
-    """pending → claimed, its attempt counted."""
-    tx.executemany(
+def _queue_claim(tx: sqlite3.Connection, ids: Sequence[int]) -> int:
+    """pending → claimed, its attempt counted; returns how many rows were claimed."""
+    return tx.executemany(
         "UPDATE queue_items SET state = ?, attempts = attempts + 1 WHERE id = ? AND state = ?",
         [(QUEUE_CLAIMED, item_id, QUEUE_PENDING) for item_id in ids],
-    )
+    ).rowcount
 
 
 def _queue_back(
@@ -1542,15 +1461,4 @@ def _queue_finish(
             (state, error, now, item_id, QUEUE_CLAIMED, QUEUE_PENDING if unclaimed else None),
         ).rowcount
         == 1
-    )
-
-
-def _outbox_answer(
-    tx: sqlite3.Connection, item_id: int, *, raw: str, errid: int | None, uncertain: bool
-) -> None:
-    """What the gateway answered an outbox item's attempt (and whether its outcome was
-    unknown)."""
-    tx.execute(
-        "UPDATE queue_items SET result = ?, errid = ?, uncertain = uncertain + ? WHERE id = ?",
-        (raw, errid, int(uncertain), item_id),
     )
