@@ -27,6 +27,7 @@ from responder.gateway import (
     GatewayClient,
     GatewayError,
 )
+from responder.store.interface import read_meta_key
 
 if TYPE_CHECKING:
     from responder.config import GatewaySettings
@@ -67,9 +68,10 @@ class AccountStatus:
         return asdict(self) | {"state": self.state.value}
 
     @classmethod
-    def load(cls, store: StoreBackend) -> AccountStatus:
-        """What the store holds; ok when nothing was saved yet (or it cannot be read)."""
-        raw = store.get_meta(META_KEY)
+    def load(cls, store: StoreBackend, account: str = "default") -> AccountStatus:
+        """What the store holds of ``account``; ok when nothing was saved yet (or it cannot
+        be read)."""
+        raw = store.get_meta(read_meta_key(META_KEY, account))
         if not raw:
             return cls()
         try:
@@ -86,8 +88,10 @@ class AccountStatus:
         except (ValueError, KeyError, TypeError):
             return cls()
 
-    def save(self, store: StoreBackend) -> None:
-        store.set_meta(META_KEY, json.dumps(self.as_dict(), ensure_ascii=False))
+    def save(self, store: StoreBackend, account: str = "default") -> None:
+        store.set_meta(
+            read_meta_key(META_KEY, account), json.dumps(self.as_dict(), ensure_ascii=False)
+        )
 
 
 class Account:
@@ -104,7 +108,10 @@ class Account:
         *,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[AccountStatus], None] | None = None,
+        account: str = "default",
     ) -> None:
+        self.account = account
+        self._log = log.bind(account=account) if account != "default" else log
         self._store = store
         self._settings = settings
         self._clock = clock
@@ -118,10 +125,10 @@ class Account:
         """A read granted as the try of a refused account is under way."""
         self._balance_offered = True
         """Per process: a provider without getfee is asked once."""
-        self._status = AccountStatus.load(store)
+        self._status = AccountStatus.load(store, account)
         if self._status.since is None:
             self._status = replace(self._status, since=clock())
-            self._status.save(store)
+            self._status.save(store, account)
 
     @property
     def status(self) -> AccountStatus:
@@ -218,7 +225,7 @@ class Account:
         try:
             balance = gateway.balance()
         except BalanceNotOffered as err:
-            log.info(
+            self._log.info(
                 "balance_not_offered",
                 reason=str(err),
                 action="not asked again; an account out of credit is probed with a send",
@@ -232,7 +239,9 @@ class Account:
             self.refused(err)
             return
         except GatewayError as err:
-            log.info("balance_check_failed", error=str(err), retry_in=self._settings.balance_check)
+            self._log.info(
+                "balance_check_failed", error=str(err), retry_in=self._settings.balance_check
+            )
             return
         self._balance_known(balance)
 
@@ -241,9 +250,9 @@ class Account:
         low = threshold is not None and balance < threshold
         was_low = self._status.low_balance
         if low and not was_low:
-            log.warning("balance_low", balance=balance, low_balance=threshold)
+            self._log.warning("balance_low", balance=balance, low_balance=threshold)
         elif was_low and not low:
-            log.info("balance_recovered", balance=balance, low_balance=threshold)
+            self._log.info("balance_recovered", balance=balance, low_balance=threshold)
         self._update(
             balance=balance, balance_at=self._clock(), low_balance=low, balance_offered=True
         )
@@ -255,7 +264,7 @@ class Account:
     def _update(self, **changes: Any) -> None:
         with self._lock:
             self._status = replace(self._status, **changes)
-            self._status.save(self._store)
+            self._status.save(self._store, self.account)
 
     def _change(self, state: AccountState, reason: str) -> None:
         """Enter ``state``: logged, saved and reported only when it is a change."""
@@ -265,13 +274,13 @@ class Account:
                 return
             now = self._clock()
             self._status = replace(previous, state=state, since=now, reason=reason)
-            self._status.save(self._store)
+            self._status.save(self._store, self.account)
             current = self._status
         event = _EVENTS[state]
         if state is AccountState.OK:
-            log.info(event, down_for=round(now - (previous.since or now)))
+            self._log.info(event, down_for=round(now - (previous.since or now)))
         else:
-            log.warning(event, reason=reason, action=_action(state, self._settings))
+            self._log.warning(event, reason=reason, action=_action(state, self._settings))
         if self._on_change is not None:
             self._on_change(current)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import httpx
 import structlog
@@ -30,6 +30,9 @@ from responder.protocol import (
     parse_send_result,
 )
 from responder.text import SMS_LIMIT, make_encodable
+
+if TYPE_CHECKING:
+    from responder.ha import ReadFence
 
 LONG_SMS_LIMIT: Final = 500
 CONNECT_TIMEOUT: Final = 5.0
@@ -249,6 +252,9 @@ class ReadGate:
         self._on_end = on_end
         self._clock = clock
         self._sleep = sleep
+        self.fence: ReadFence | None = None
+        """Several instances on one store: the account's lease check around each call
+        (``responder.ha``); it raises ReadFenced when the call must not be made."""
 
     @staticmethod
     def resume_from(started: float | None, ended: float | None, timeout: float) -> float | None:
@@ -276,14 +282,23 @@ class ReadGate:
             self._sleep(left)
 
     def begin(self) -> None:
+        fence = self.fence
+        if fence is not None:
+            fence.enter()
         self.last_read = self._clock()
         if self._on_begin is not None:
             self._on_begin(self.last_read)
+        if fence is not None:
+            fence.confirm()
 
     def end(self) -> None:
         self.last_read = self._clock()
-        if self._on_end is not None:
-            self._on_end(self.last_read)
+        try:
+            if self._on_end is not None:
+                self._on_end(self.last_read)
+        finally:
+            if self.fence is not None:
+                self.fence.leave()
 
 
 def is_too_soon(fields: dict[str, str]) -> bool:

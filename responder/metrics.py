@@ -208,9 +208,14 @@ class MetricsServer:
 
 
 def start_metrics(
-    settings: Settings, app: Callable[[], App | None], reads: ReadCounter
+    settings: Settings,
+    app: Callable[[], App | None],
+    reads: ReadCounter,
+    *,
+    collector: Any = None,
 ) -> MetricsServer:
-    """Serve the metrics on ``settings.metrics.listen``; ConfigError when that cannot be."""
+    """Serve the metrics on ``settings.metrics.listen``; ConfigError when that cannot be.
+    ``collector``: another collector instead of the one account's (several accounts)."""
     listen = settings.metrics.listen
     where = f"{settings.source}: metrics.listen"
     try:
@@ -225,7 +230,7 @@ def start_metrics(
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     registry = CollectorRegistry()
-    registry.register(ResponderCollector(app, reads))
+    registry.register(collector or ResponderCollector(app, reads))
     ProcessCollector(registry=registry)
     try:
         server, thread = start_http_server(int(port), addr=host, registry=registry)

@@ -49,6 +49,8 @@ FAULT_KINDS = (
 )
 FAULT_ENDPOINTS = ("read", "send", "balance", "any")
 DEFAULT_DELAYS = {"hang": 30.0, "slow": 1.0}
+READ_TIMES_KEPT = 1000
+"""Arrival times of reads kept per account (``Sandbox.read_times``)."""
 
 LOGIN_FAILED = "用户名或密码错误"
 OUT_OF_CREDIT = "账号余额不足"
@@ -107,6 +109,8 @@ class SentSms:
     """When it was recorded (epoch seconds)."""
     raw_msg: bytes
     """``msg`` percent-decoded but not charset-decoded: the bytes the client sent."""
+    account: str = ""
+    """The account (``name``) it was sent through."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class _Inbound:
     dst: str
     time: str
     msg: str | bytes
+    account: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,8 @@ class _Fault:
     delay: float
     errid: int | None = None
     err: str = ""
+    account: str | None = None
+    """Only the requests of this account (None: of every account)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,14 @@ class _Answer:
 
 
 class Sandbox:
-    """A fake gateway account served over HTTP; thread-safe, one lock around the state."""
+    """A fake gateway serving one account, or many, over HTTP; thread-safe, one lock
+    around the state.
+
+    Several accounts: ``accounts`` maps more names to their passwords (``name`` and
+    ``password`` are one account always), or ``any_account=True`` takes any name with any
+    password. Each account has its own inbound messages, read interval ("too soon"),
+    faults (``set_fault(account=...)``), sends and counters (``stats(account)``).
+    """
 
     def __init__(
         self,
@@ -167,10 +181,15 @@ class Sandbox:
         max_recipients: int = 100,
         first_id: int | None = None,
         balance: int = DEFAULT_BALANCE,
+        accounts: Mapping[str, str] | None = None,
+        any_account: bool = False,
     ) -> None:
         self.host = host
         self.name = name
         self.password = password
+        self.accounts: dict[str, str] = {**(accounts or {}), name: password}
+        """Account names and their passwords."""
+        self.any_account = any_account
         self.encoding = encoding
         self.min_read_interval = min_read_interval
         self.service_code = service_code
@@ -181,16 +200,20 @@ class Sandbox:
         self._next_id = first_id
         self._port = port
         self._lock = threading.Lock()
+        self._request = threading.local()
+        """The request being answered on this thread (its account)."""
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._inbound: deque[_Inbound] = deque()
+        self._inbound: dict[str, deque[_Inbound]] = {}
+        self._account_counts: dict[str, dict[str, int]] = {}
         self._sent: list[SentSms] = []
         self._faults: list[_Fault] = []
         self._last_read: dict[str, float] = {}
+        self._read_times: dict[str, deque[float]] = {}
         self._counts = {
             "reads": 0,
             "too_fast_reads": 0,
@@ -256,8 +279,10 @@ class Sandbox:
         dst: str | None = None,
         time: datetime | str | None = None,
         raw_msg: bytes | None = None,
+        account: str | None = None,
     ) -> int:
-        """Queue an inbound message for readsms; returns its id.
+        """Queue an inbound message for readsms of ``account`` (default: ``name``); returns
+        its id.
 
         ``time`` is a datetime or a verbatim ``YYYYMMDDHHMM`` field (default: now).
         ``raw_msg`` replaces ``text`` in the answer with these exact bytes.
@@ -272,23 +297,42 @@ class Sandbox:
                 dst=self.service_code if dst is None else dst,
                 time=stamp,
                 msg=text if raw_msg is None else raw_msg,
+                account=account or self.name,
             )
-            self._inbound.append(message)
+            self._inbound.setdefault(message.account, deque()).append(message)
         return message.id
 
-    def sent(self) -> list[SentSms]:
-        """Accepted sends, oldest first."""
+    def sent(self, account: str | None = None) -> list[SentSms]:
+        """Accepted sends (of ``account``, or of every account), oldest first."""
         with self._lock:
-            return list(self._sent)
+            return [s for s in self._sent if account is None or s.account == account]
 
-    def stats(self) -> SandboxStats:
+    def stats(self, account: str | None = None) -> SandboxStats:
+        """Counters of every account, or of ``account``."""
         with self._lock:
-            return SandboxStats(pending_inbound=len(self._inbound), **self._counts)
+            if account is None:
+                pending = sum(len(queue) for queue in self._inbound.values())
+                return SandboxStats(pending_inbound=pending, **self._counts)
+            counts = dict.fromkeys(self._counts, 0) | self._account_counts.get(account, {})
+            return SandboxStats(pending_inbound=len(self._inbound.get(account, ())), **counts)
 
-    def pending(self) -> int:
-        """Injected messages not read yet."""
+    def pending(self, account: str | None = None) -> int:
+        """Injected messages not read yet (of ``account``, or of every account)."""
         with self._lock:
-            return len(self._inbound)
+            if account is not None:
+                return len(self._inbound.get(account, ()))
+            return sum(len(queue) for queue in self._inbound.values())
+
+    def read_times(self, account: str | None = None) -> list[float]:
+        """When the latest reads of ``account`` (default: ``name``) arrived
+        (time.monotonic), oldest first; the last READ_TIMES_KEPT only."""
+        with self._lock:
+            return list(self._read_times.get(account or self.name, ()))
+
+    def account_names(self) -> list[str]:
+        """The accounts that made a request, sorted."""
+        with self._lock:
+            return sorted(self._account_counts)
 
     def set_fault(
         self,
@@ -299,8 +343,10 @@ class Sandbox:
         delay: float | None = None,
         errid: int | None = None,
         err: str | None = None,
+        account: str | None = None,
     ) -> None:
-        """Make the next ``count`` matching requests (None: all, until cleared) misbehave.
+        """Make the next ``count`` matching requests (None: all, until cleared) misbehave;
+        of ``account`` only when given.
 
         Faults stack: each request takes the oldest fault that matches its endpoint
         ("read", "send", "balance" for getfee, or "any").
@@ -321,11 +367,12 @@ class Sandbox:
         delay = DEFAULT_DELAYS.get(kind, 0.0) if delay is None else float(delay)
         text = err if err is not None else ERRID_TEXTS.get(errid or 0, "失败")
         with self._lock:
-            self._faults.append(_Fault(kind, endpoint, count, delay, errid, text))
+            self._faults.append(_Fault(kind, endpoint, count, delay, errid, text, account))
 
-    def clear_faults(self) -> None:
+    def clear_faults(self, account: str | None = None) -> None:
+        """Clear every fault, or those set for ``account``."""
         with self._lock:
-            self._faults.clear()
+            self._faults = [f for f in self._faults if account is not None and f.account != account]
 
     @property
     def balance(self) -> int:
@@ -360,20 +407,29 @@ class Sandbox:
         kind = _FAULT_ENDPOINT.get(endpoint, "send")
         too_fast = False
         with self._lock:
-            self._counts["requests"] += 1
+            own = self._account_counts.setdefault(account, dict.fromkeys(self._counts, 0))
+            counted = ["requests"]
             if kind == "read":
-                self._counts["reads"] += 1
+                counted.append("reads")
                 now = time.monotonic()
                 last = self._last_read.get(account)
                 self._last_read[account] = now
+                times = self._read_times.get(account)
+                if times is None:
+                    times = self._read_times[account] = deque(maxlen=READ_TIMES_KEPT)
+                times.append(now)
                 too_fast = last is not None and now - last < self.min_read_interval
-                self._counts["too_fast_reads"] += int(too_fast)
+                if too_fast:
+                    counted.append("too_fast_reads")
             elif kind == "balance":
-                self._counts["balance_checks"] += 1
+                counted.append("balance_checks")
             else:
-                self._counts["sends"] += 1
+                counted.append("sends")
+            for name in counted:
+                self._counts[name] += 1
+                own[name] += 1
             for index, fault in enumerate(self._faults):
-                if fault.endpoint in (kind, "any"):
+                if fault.endpoint in (kind, "any") and fault.account in (None, account):
                     if fault.remaining == 1:
                         del self._faults[index]
                     elif fault.remaining is not None:
@@ -401,7 +457,8 @@ class Sandbox:
             return _Answer(200, b"", self._plain)
         if kind == "garbled":
             return _Answer(200, _GARBLED, self._plain)
-        if kind == "login" or params.get("name") != self.name or params.get("pwd") != self.password:
+        name = params.get("name", "")
+        if kind == "login" or not self._login_ok(name, params.get("pwd")):
             fields = _login_failed(endpoint, params.get("dst", ""))
         elif fault is not None and kind == "errid":
             fields = _error_answer(endpoint, params.get("dst", ""), fault.err, fault.errid)
@@ -409,9 +466,10 @@ class Sandbox:
             with self._lock:
                 fields = {"id": self._balance, "err": "查询成功", "errid": 0}
         elif endpoint == "readsms":
+            self._request.account = name
             fields = self._read(too_fast or kind == "too_soon")
         else:
-            fields = self._send(endpoint, method, params, raw_msg)
+            fields = self._send(endpoint, method, params, raw_msg, name)
         if kind == "drop_after_consume":
             return None
         return _Answer(200, _encode_line(fields, self.encoding), self._plain)
@@ -420,11 +478,18 @@ class Sandbox:
     def _plain(self) -> str:
         return f"text/plain; charset={self.encoding}"
 
+    def _login_ok(self, name: str, password: str | None) -> bool:
+        if self.any_account and name:
+            return True
+        return name in self.accounts and password == self.accounts[name]
+
     def _read(self, too_fast: bool) -> dict[str, Any]:
         if too_fast:
             return {"id": 0, "err": TOO_FAST}
+        account = getattr(self._request, "account", self.name)
         with self._lock:
-            message = self._inbound.popleft() if self._inbound else None
+            queue = self._inbound.get(account)
+            message = queue.popleft() if queue else None
         if message is None:
             return {"id": 0, "err": NOTHING_UNREAD}
         return {
@@ -437,7 +502,7 @@ class Sandbox:
         }
 
     def _send(
-        self, endpoint: str, method: str, params: Mapping[str, str], raw_msg: bytes
+        self, endpoint: str, method: str, params: Mapping[str, str], raw_msg: bytes, account: str
     ) -> dict[str, Any]:
         dst = params.get("dst", "")
         text = params.get("msg", "")
@@ -467,6 +532,7 @@ class Sandbox:
                     method=method,
                     at=time.time(),
                     raw_msg=raw_msg,
+                    account=account,
                 )
             )
         return {
@@ -479,8 +545,10 @@ class Sandbox:
 
     # -- the control API ---------------------------------------------------------------------
 
-    def _control(self, method: str, action: str, body: bytes) -> tuple[int, Any]:
-        """Serve ``/_sandbox/<action>``: JSON in and out, UTF-8."""
+    def _control(self, method: str, action: str, body: bytes, query: str = "") -> tuple[int, Any]:
+        """Serve ``/_sandbox/<action>``: JSON in and out, UTF-8; ``?account=NAME`` limits
+        ``sent`` and ``stats`` to one account."""
+        account = decode_form(query, "utf-8").get("account") or None
         try:
             data = json.loads(body.decode("utf-8")) if body.strip() else {}
             if not isinstance(data, dict):
@@ -489,9 +557,13 @@ class Sandbox:
             if route == ("POST", "inbound"):
                 return 200, {"id": self._inject_json(data)}
             if route == ("GET", "sent"):
-                return 200, [_sent_json(record) for record in self.sent()]
+                return 200, [_sent_json(record) for record in self.sent(account)]
             if route == ("GET", "stats"):
-                return 200, asdict(self.stats())
+                return 200, asdict(self.stats(account))
+            if route == ("GET", "read_times"):  # every account's, or ?account=NAME's
+                with self._lock:
+                    names = [account] if account else list(self._read_times)
+                    return 200, {n: list(self._read_times.get(n, ())) for n in names}
             if route == ("POST", "fault"):
                 self.set_fault(
                     str(data.get("kind")),
@@ -500,6 +572,7 @@ class Sandbox:
                     delay=None if data.get("delay") is None else float(data["delay"]),
                     errid=None if data.get("errid") is None else int(data["errid"]),
                     err=None if data.get("err") is None else str(data["err"]),
+                    account=None if data.get("account") is None else str(data["account"]),
                 )
                 return 200, {"ok": True}
             if route == ("POST", "balance"):
@@ -530,12 +603,13 @@ class Sandbox:
         src, text = data.get("src"), data.get("text")
         if not isinstance(src, str) or not isinstance(text, str):
             raise ValueError('"src" and "text" must be strings')
-        dst, stamp = data.get("dst"), data.get("time")
+        dst, stamp, account = data.get("dst"), data.get("time"), data.get("account")
         return self.inject(
             src,
             text,
             dst=None if dst is None else str(dst),
             time=None if stamp is None else str(stamp),
+            account=None if account is None else str(account),
         )
 
 
@@ -613,7 +687,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(min(max(length, 0), _MAX_BODY))
         sandbox = self.server.sandbox
         if path.startswith("/_sandbox/"):
-            status, payload = sandbox._control(method, path.removeprefix("/_sandbox/"), body)
+            status, payload = sandbox._control(method, path.removeprefix("/_sandbox/"), body, query)
             data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
             self._answer(_Answer(status, data, "application/json; charset=utf-8"))
             return

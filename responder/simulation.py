@@ -124,8 +124,8 @@ def simulate(app: App, message: Message) -> Simulated:
     )
 
 
-def simulated_message(text: str, src: str, dst: str) -> Message:
-    """A message as if it had just arrived; id 0, since it is never stored."""
+def simulated_message(text: str, src: str, dst: str, account: str = "default") -> Message:
+    """A message as if it had just arrived at ``account``; id 0, since it is never stored."""
     return Message(
         id=0,
         gateway_id=0,
@@ -134,6 +134,7 @@ def simulated_message(text: str, src: str, dst: str) -> Message:
         text=text,
         received_at=datetime.now(PLATFORM_TZ),
         raw="",
+        account=account,
     )
 
 
@@ -250,7 +251,7 @@ def simulate_file(app: App, args: argparse.Namespace, dst: str) -> int:
         return 2
     rows = []
     for line, src, text in conversation:
-        outcome = simulate(app, simulated_message(text, src, dst))
+        outcome = simulate(app, simulated_message(text, src, dst, app.account))
         if args.json:
             print(json.dumps({"line": line, **outcome.as_dict()}, ensure_ascii=False))
         rows.append((str(line), src, text, outcome.labels.get("rule", "-"), answer(outcome)))
@@ -272,7 +273,7 @@ def parse_since(text: str) -> float:
 
 def replay(app: App, since: float, args: argparse.Namespace) -> int:
     """Re-run stored messages through the current rules; print where answers would differ."""
-    entries = app.store.journal_since(since, account=None)
+    entries = app.store.journal_since(since, account=app.account)
     rows, differing = [], 0
     for entry in entries:
         message, moment = entry.message, entry.journaled_at

@@ -1,18 +1,22 @@
 """What systemd sees of a running daemon: readiness, STATUS lines and watchdog pings.
 
-READY=1 goes out once the first gateway read has answered (or failed, with the reason
-in STATUS=). STATUS= is refreshed with live figures. WATCHDOG=1 pings come from a job
-on the core's executor of the daemon's scheduler (plugin jobs have their own, so none can
-starve it), and only while the read, process and send workers turn:
-a step stuck for longer than its budget withholds them, so systemd restarts a wedged
-daemon instead of trusting a thread that pings whatever happens.
+READY=1 goes out once the first gateway read of any account has answered (or failed,
+with the reason in STATUS=), or at once when no account is served. STATUS= is refreshed
+with live figures: the account's own with one account, a summary by state with several.
+WATCHDOG=1 pings come from a job on the core's executor of the daemon's scheduler
+(plugin jobs have their own, so none can starve it), and only while the reads, the
+process and the send workers turn: a step stuck for longer than its budget withholds
+them, so systemd restarts a wedged daemon instead of trusting a thread that pings
+whatever happens.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
 
     from apscheduler.schedulers.base import BaseScheduler
 
-    from responder.daemon import Daemon
+    from responder.daemon import Daemon, Served
 
 STATUS_INTERVAL: Final = 10.0
 """Seconds between STATUS= lines."""
@@ -43,6 +47,9 @@ READ_RESULTS: Final = ("message", "empty", "error", "too_soon")
 FAILED_READS: Final = ("error", "too_soon")
 """Results that count as a failed read in STATUS (a too-soon read brought nothing)."""
 WATCHED: Final = ("read", "process", "send")
+READ_OK_SAVE_EVERY: Final = 30.0
+"""Seconds between two saves of an account's last good read (for ``responder status``)
+when several accounts are served; with one, at most once a second."""
 
 log = structlog.get_logger("responder.supervision")
 
@@ -77,20 +84,40 @@ class Heartbeat:
         """``step`` with its start and end recorded."""
 
         def timed() -> bool:
-            started = self.clock()
-            self._running[name] = started
-            self._last_start[name] = started
-            try:
+            with self.step(name):
                 return step()
-            finally:
-                self._running.pop(name, None)
 
         return timed
 
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Record one step of ``name`` ("read:<account>" counts as a step of "read" too:
+        the reads of several accounts run at the same time, one per account)."""
+        started = self.clock()
+        self._running[name] = started
+        self._last_start[name] = started
+        group = name.partition(":")[0]
+        if group != name:
+            self._last_start[group] = started
+        try:
+            yield
+        finally:
+            self._running.pop(name, None)
+
+    def running(self) -> dict[str, float]:
+        """Seconds each step under way has run, by name."""
+        now = self.clock()
+        return {name: now - started for name, started in list(self._running.items())}
+
     def running_for(self, name: str) -> float | None:
-        """Seconds the current step of ``name`` has run, or None when it is idle."""
-        started = self._running.get(name)
-        return None if started is None else self.clock() - started
+        """Seconds the current step of ``name`` (or, for a group such as "read", its
+        longest under way) has run, or None when it is idle."""
+        runs = [
+            seconds
+            for each, seconds in self.running().items()
+            if each == name or each.partition(":")[0] == name
+        ]
+        return max(runs) if runs else None
 
     def since_start(self, name: str) -> float:
         """Seconds since a step of ``name`` last started (or since this heartbeat began)."""
@@ -98,8 +125,8 @@ class Heartbeat:
 
 
 class Supervisor:
-    """Readiness, STATUS= and WATCHDOG=1 for one Daemon (which calls wrap, schedule and
-    read_answered)."""
+    """Readiness, STATUS= and WATCHDOG=1 for the daemon (which calls wrap, schedule,
+    read_answered and account_changed)."""
 
     def __init__(
         self,
@@ -112,13 +139,9 @@ class Supervisor:
         self.watchdog = watchdog_seconds(environ)
         self.heartbeat = Heartbeat(clock)
         self.reads = ReadCounter()
+        """Reads of every account since the process started, by result."""
         self.ready = False
-        self.read_errors = 0
-        """Failed reads in a row."""
-        self.last_read_ok: float | None = None
-        """When a read last got an answer, in this process."""
-        self._read_ok_saved_at = float("-inf")
-        self.last_error = ""
+        self._ready_lock = threading.Lock()
         self._withheld: str | None = None
 
     # -- called by the daemon ------------------------------------------------------------
@@ -146,37 +169,43 @@ class Supervisor:
                 executor=executor,
             )
 
-    def read_answered(self, result: str, reason: str = "") -> None:
-        """Count a read's result; the first one makes the daemon ready."""
+    def read_answered(self, served: Served, result: str, reason: str = "") -> None:
+        """Count a read's result for its account; the first one makes the daemon ready."""
         self.reads.add(result)
-        app = self.daemon.app
+        served.reads[result] += 1
         if result in FAILED_READS:
-            self.read_errors += 1
-            self.last_error = _one_line(reason)
+            served.read_errors += 1
+            served.last_error = _one_line(reason)
         else:
-            self.read_errors = 0
-            self.last_error = ""
-            if app is not None:
-                self.last_read_ok = app.time()
-                # Saved for `responder status` at most once a second: a busy stream of
-                # reads must not pay a write each.
-                if self.last_read_ok - self._read_ok_saved_at >= 1.0:
-                    self._read_ok_saved_at = self.last_read_ok
-                    app.store.set_last_read_ok_at(self.last_read_ok)
+            served.read_errors = 0
+            served.last_error = ""
+            now = served.app.time()
+            served.last_read_ok = now
+            # Saved for `responder status`, not at every read: a busy stream of reads (or
+            # a thousand accounts) must not pay a write each.
+            every = 1.0 if len(self.daemon.served) <= 1 else READ_OK_SAVE_EVERY
+            if now - served.read_ok_saved_at >= every:
+                served.read_ok_saved_at = now
+                served.app.store.set_last_read_ok_at(now, account=served.id)
         if not self.ready:
-            self.ready = True
             if result in FAILED_READS:
-                status = f"ready, but the first read failed: {self.last_error}"
+                self.became_ready(f"ready, but the first read failed: {served.last_error}")
             else:
-                status = self.status_line()
-            self.daemon.notify(f"READY=1\nSTATUS={status}")
+                self.became_ready()
 
-    def account_changed(self, status: AccountStatus) -> None:
-        """The account's state changed: say so in STATUS= at once. A refused account may
+    def became_ready(self, status: str | None = None) -> None:
+        """READY=1, with the status line (or ``status``); once."""
+        with self._ready_lock:  # the reads of several accounts answer at once
+            if self.ready:
+                return
+            self.ready = True
+        self.daemon.notify(f"READY=1\nSTATUS={status or self.status_line()}")
+
+    def account_changed(self, _status: AccountStatus) -> None:
+        """An account's state changed: say so in STATUS= at once. A refused account may
         not read for a long while, so its refusal also makes the daemon ready."""
         if not self.ready:
-            self.ready = True
-            self.daemon.notify(f"READY=1\nSTATUS={self.status_line()}")
+            self.became_ready()
         else:
             self.send_status()
 
@@ -207,22 +236,25 @@ class Supervisor:
 
     # -- health and figures --------------------------------------------------------------
 
+    def _gateways(self) -> list[GatewaySettings]:
+        return [served.app.settings.gateway for served in list(self.daemon.served.values())]
+
     def budgets(self) -> dict[str, float]:
         """How long one step of each loop may run before the daemon counts as wedged.
 
-        Each gets the watchdog interval plus the longest its legitimate work can take:
-        a read waits out the read interval and a request (on each server address); a
-        send step sends up to a batch of SMS, each a request on each address; plugins
-        must handle a message within the interval itself.
+        Each gets the watchdog interval plus the longest its legitimate work can take
+        (the slowest account's): a read waits out the read interval and a request (on
+        each server address); a send step sends up to a batch of SMS, each a request on
+        each address; plugins must handle a message within the interval itself.
         """
         base = self.watchdog or DEFAULT_STALL
-        app = self.daemon.app
-        if app is None:
+        gateways = self._gateways()
+        if not gateways:
             return dict.fromkeys(WATCHED, base)
-        gateway = app.settings.gateway
-        request = gateway.timeout * max(len(gateway.base_urls), 1)
+        request = max(g.timeout * max(len(g.base_urls), 1) for g in gateways)
+        interval = max(g.poll_interval for g in gateways)
         return {
-            "read": base + gateway.poll_interval + request,
+            "read": base + interval + request,
             "process": base,
             "send": base + SEND_BATCH * request,
         }
@@ -230,49 +262,108 @@ class Supervisor:
     def stalled(self) -> str | None:
         """Why the daemon is wedged, or None while all its loops turn."""
         budgets = self.budgets()
-        for name, budget in budgets.items():
-            running = self.heartbeat.running_for(name)
-            if running is not None and running > budget:
-                return f"one {name} step has run for {running:.0f} s (budget {budget:.0f} s)"
-        app = self.daemon.app
-        interval = app.settings.gateway.poll_interval if app is not None else 0.0
+        running = self.heartbeat.running()
+        reads = sorted(name for name in running if name.partition(":")[0] == "read")
+        others = sorted(name for name in running if name not in reads)
+        # The reads first: the loop that must never stop.
+        return (
+            self._overrun(reads, running, budgets)
+            or self._reads_quiet(budgets)
+            or self._overrun(others, running, budgets)
+            or (None if self.daemon.threads_alive() else "a core thread ended")
+        )
+
+    @staticmethod
+    def _overrun(
+        names: list[str], running: dict[str, float], budgets: dict[str, float]
+    ) -> str | None:
+        for name in names:
+            group, _, account = name.partition(":")
+            budget = budgets.get(group, budgets["process"])
+            if running[name] > budget:
+                of = f" of account {account}" if account else ""
+                took = running[name]
+                return f"one {group} step{of} has run for {took:.0f} s (budget {budget:.0f} s)"
+        return None
+
+    def _reads_quiet(self, budgets: dict[str, float]) -> str | None:
+        """Why no read started for too long (none is due without accounts), or None."""
+        gateways = self._gateways()
+        if not gateways:
+            return None
+        interval = max(g.poll_interval for g in gateways)
         quiet = self.heartbeat.since_start("read")
         if quiet > interval + budgets["read"]:
             return f"no read started for {quiet:.0f} s"
         return None
 
     def status_line(self) -> str:
-        """One line for ``systemctl status``: problems first, then live figures."""
-        app = self.daemon.app
-        if app is None:
+        """One line for ``systemctl status``: problems first, then live figures; with
+        several accounts, how many are in each state."""
+        daemon = self.daemon
+        served = list(daemon.served.values())
+        if daemon.store is None:
             return "starting"
+        if len(served) != 1:
+            line = summary_line({s.id: s.state.state for s in served}, len(daemon.rejected))
+            leases = daemon.leases_line()
+            if leases:
+                line += f"; {leases}"
+            if self._withheld is not None:
+                line = f"wedged: {self._withheld}; {line}"
+            if daemon.read_hold:
+                line = f"READS HELD: {daemon.read_hold}; {line}"
+            return line
+        return self.account_line(served[0])
+
+    def account_line(self, served: Served) -> str:
+        """The one account's problem, read errors, last read, messages today, outbox
+        and balance."""
+        app = served.app
         parts = []
-        account = self.daemon.account.status if self.daemon.account is not None else None
-        problem = account_problem(account, app.settings.gateway) if account else ""
+        account = served.state.status
+        problem = account_problem(account, app.settings.gateway)
         if problem:
             parts.append(problem)
-        elif self.read_errors:
-            parts.append(f"reads failing ({self.read_errors} in a row: {self.last_error})")
+        elif served.read_errors:
+            parts.append(f"reads failing ({served.read_errors} in a row: {served.last_error})")
         if self._withheld is not None:
             parts.append(f"wedged: {self._withheld}")
         if self.daemon.read_hold:
             parts.append(f"READS HELD: {self.daemon.read_hold}")
-        last = self.last_read_ok
+        leases = self.daemon.leases_line()
+        if leases:
+            parts.append(leases)
+        last = served.last_read_ok
         parts.append(
             "no successful read yet" if last is None else f"last read {app.time() - last:.0f} s ago"
         )
-        today, depth = today_and_depth(app.store, app.now())
+        today, depth = today_and_depth(app.store, app.now(), served.id)
         parts.append(f"{today} message{'' if today == 1 else 's'} today")
         parts.append(f"outbox {depth}")
-        if account is not None and account.balance is not None:
+        if account.balance is not None:
             parts.append(f"balance {account.balance:g}{' (LOW)' if account.low_balance else ''}")
         return "; ".join(parts)
 
 
-def today_and_depth(store: StoreBackend, now: datetime) -> tuple[int, int]:
-    """Messages journaled since midnight (platform time) and SMS waiting to be sent."""
+def summary_line(states: Mapping[str, AccountState], rejected: int = 0) -> str:
+    """ "3 accounts: 2 ok, 1 out of credit" (and how many files were rejected)."""
+    counts = Counter(state.label for state in states.values())
+    ok = counts.pop(AccountState.OK.label, 0)
+    parts = [f"{ok} ok", *(f"{n} {label}" for label, n in sorted(counts.items()))]
+    line = f"{len(states)} account{'s' if len(states) != 1 else ''}: {', '.join(parts)}"
+    if rejected:
+        line += f"; {rejected} rejected (see the log)"
+    return line
+
+
+def today_and_depth(
+    store: StoreBackend, now: datetime, account: str | None = None
+) -> tuple[int, int]:
+    """Messages journaled since midnight (platform time) and SMS waiting to be sent, of
+    ``account`` (None: every account)."""
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    return store.count_journaled(midnight), store.outbox_depth()
+    return store.count_journaled(midnight, account=account), store.outbox_depth(account=account)
 
 
 def account_problem(status: AccountStatus, settings: GatewaySettings) -> str:
