@@ -12,6 +12,7 @@ hookimpl = pluggy.HookimplMarker("responder")
 """Marker for plugin hook implementations: ``@hookimpl def responder_reply(...)``."""
 
 # The imports come after __version__ and hookimpl, which the modules below import.
+from responder.api.context import ApiError, ApiRoutes  # noqa: E402
 from responder.app import App  # noqa: E402
 from responder.backoff import Backoff  # noqa: E402
 from responder.checks import reply_warnings  # noqa: E402
@@ -26,6 +27,7 @@ from responder.config import (  # noqa: E402
 )
 from responder.conversations import (  # noqa: E402
     ACTIVE,
+    CONTEXT,
     WITH_PERSON,
     Conversation,
     ConversationHandle,
@@ -38,6 +40,7 @@ from responder.models import (  # noqa: E402
     Deferred,
     Delivery,
     Event,
+    FlowEntry,
     InboundSms,
     Message,
     Reply,
@@ -62,10 +65,13 @@ from responder.store.interface import ExchangeLine  # noqa: E402
 
 __all__ = [
     "ACTIVE",
+    "CONTEXT",
     "MOBILE_PATTERN",
     "OPTED_OUT",
     "PLATFORM_TZ",
     "WITH_PERSON",
+    "ApiError",
+    "ApiRoutes",
     "App",
     "Backoff",
     "CommandRegistry",
@@ -78,6 +84,7 @@ __all__ = [
     "DurableQueue",
     "Event",
     "ExchangeLine",
+    "FlowEntry",
     "InboundSms",
     "Message",
     "OpeningDay",

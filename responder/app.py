@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 import structlog
 
 from responder.config import ConfigError, Settings
@@ -19,7 +21,7 @@ from responder.models import PLATFORM_TZ, Event, Message, Reply, StatusSection
 from responder.plugin_host import PluginHost
 from responder.queue import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, Backoff, DurableQueue
 from responder.stash import Stash
-from responder.store import DEFAULT_ACCOUNT, OUTBOX, Store, StoreBackend
+from responder.store import OUTBOX, StoreBackend, open_store
 
 LATE_REPLIES = "late-replies"
 """The core's durable queue of late replies (``App.reply_later``)."""
@@ -57,6 +59,8 @@ class App:
         dry_run: bool = False,
     ) -> None:
         self.settings = settings
+        self.account: str = settings.account
+        """The account this app serves ("default" unless several are configured)."""
         self.store = store
         self.gateway = gateway
         self.plugins = plugins
@@ -85,13 +89,13 @@ class App:
         self, message: Message | str, *, account: str | None = None
     ) -> ConversationHandle:
         """The conversation of a message's sender with its account (or of a number, in
-        ``account``, "default" unless named): read it (``current``), ``start``, ``move``
+        ``account``, this app's unless named): read it (``current``), ``start``, ``move``
         or ``end`` it. Changes made while the message is handled are committed with its
         outcome (dropped when the plugin raises); otherwise at once; never under
         ``dry_run`` (they last in memory for the run)."""
         if isinstance(message, Message):
             return ConversationHandle(self, message.src, account or message.account, message.id)
-        return ConversationHandle(self, message, account or DEFAULT_ACCOUNT, None)
+        return ConversationHandle(self, message, account or self.account, None)
 
     def emit(self, event: Event) -> None:
         """Tell the plugins something happened: every ``responder_event`` implementation
@@ -158,6 +162,7 @@ class App:
             self.clock,
             max_attempts=max_attempts,
             on_enqueue=lambda: self.on_enqueued(name),
+            account=self.account,
         )
 
     @property
@@ -223,9 +228,15 @@ def build_app(
     clock: Callable[[], float] = time.time,
     dry_run: bool = False,
     extra_plugins: tuple[tuple[str, Any], ...] = (),
+    host: PluginHost | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> App:
-    """Load plugins and their configuration for ``settings``; raise ConfigError on problems."""
-    host = PluginHost(settings, extra=extra_plugins)
+    """Load plugins and their configuration for ``settings``; raise ConfigError on problems.
+
+    Several accounts share one ``host`` (the plugins loaded once; each account's
+    configuration parsed from its own settings) and one HTTP ``transport`` (one
+    connection pool and TLS context for every gateway client)."""
+    host = host or PluginHost(settings, extra=extra_plugins)
     configs, problems = host.parse_configs(settings)
     if host.problems or problems:
         raise ConfigError([*host.problems, *problems])
@@ -234,17 +245,20 @@ def build_app(
             warning.event, plugin=warning.plugin, detail=warning.text
         )
     owns_store = store is None
-    store = store or Store(settings.store.path, clock=clock)
+    store = store or open_store(settings.store, clock=clock)
     timeout = settings.gateway.timeout
+    account = settings.account
     gate = ReadGate(
         settings.gateway.poll_interval,
         timeout=timeout,
-        last_read=ReadGate.resume_from(store.last_read_at(), store.last_read_end(), timeout),
-        on_begin=store.set_last_read_at,
-        on_end=store.set_last_read_end,
+        last_read=ReadGate.resume_from(
+            store.last_read_at(account=account), store.last_read_end(account=account), timeout
+        ),
+        on_begin=functools.partial(_mark_begin, store, account),
+        on_end=functools.partial(_mark_end, store, account),
         clock=clock,
     )
-    gateway = GatewayClient(settings.gateway, read_gate=gate)
+    gateway = GatewayClient(settings.gateway, read_gate=gate, transport=transport)
     app = App(
         settings,
         store=store,
@@ -256,3 +270,11 @@ def build_app(
     )
     app.owns_store = owns_store
     return app
+
+
+def _mark_begin(store: StoreBackend, account: str, moment: float) -> None:
+    store.set_last_read_at(moment, account=account)
+
+
+def _mark_end(store: StoreBackend, account: str, moment: float) -> None:
+    store.set_last_read_end(moment, account=account)

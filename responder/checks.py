@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from responder.app import App
-from responder.config import read_settings
+from responder.config import Settings, read_settings
 from responder.gateway import GatewayClient
 from responder.hours import calendar_covers
 from responder.plugin_host import PluginHost
@@ -38,10 +38,30 @@ class CheckReport:
 def check_configuration(
     path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
 ) -> CheckReport:
-    """Every problem and warning of the configuration file at ``path``."""
+    """Every problem and warning of the configuration file at ``path`` (and of its
+    account files, each problem naming its file)."""
+    from responder.accounts import load_accounts
+
+    accounts = load_accounts(path, environ=environ)
+    if accounts.main is not None and accounts.main.accounts.include:
+        problems = accounts.all_problems
+        warnings: list[str] = []
+        for one in accounts.accounts.values():
+            report = check_settings(one, [], environ=environ)
+            problems += report.problems
+            warnings += report.warnings
+        return CheckReport(problems=tuple(problems), warnings=tuple(warnings))
     settings, problems = read_settings(path, environ=environ)
     if settings is None:  # not TOML: nothing more can be read
         return CheckReport(problems=tuple(problems), warnings=())
+    return check_settings(settings, problems, environ=environ)
+
+
+def check_settings(
+    settings: Settings, problems: list[str], *, environ: Mapping[str, str] | None = None
+) -> CheckReport:
+    """The plugins' problems and every warning of one account's settings, after the
+    ``problems`` found reading them."""
     host = PluginHost(settings, environ=environ)
     configs, section_problems = host.parse_configs(settings)
     problems = [*problems, *host.problems, *section_problems]
@@ -81,6 +101,14 @@ def core_warnings(app: App) -> list[str]:
     lost = unencodable(settings.replies.signature, encoding)
     if lost:
         warnings.append(f"{settings.source}: replies.signature: {_cannot_carry(lost, encoding)}")
+    api = settings.api
+    if api.enabled and not api.is_loopback and not api.tls_in_front:
+        warnings.append(
+            f"{settings.source}: api.listen: {api.listen!r} is reachable from other machines "
+            "and the API speaks plain HTTP, so bearer tokens would cross the network in "
+            "clear: listen on 127.0.0.1 behind a TLS proxy (nginx, see docs/api.md) and set "
+            "api.tls_in_front = true"
+        )
     hours = settings.hours
     year = app.now().year
     if hours.week and hours.workdays_follow_calendar and not calendar_covers(year):

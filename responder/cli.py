@@ -14,8 +14,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from responder import __version__
+from responder import __version__, broadcast, history, outbox_command
 from responder.account import AccountStatus
+from responder.accounts import account_settings, load_accounts
 from responder.app import App, build_app
 from responder.commands import CommandRegistry
 from responder.config import ConfigError, Settings, load_settings
@@ -23,7 +24,7 @@ from responder.gateway import AccountState, BalanceNotOffered, GatewayClient, Ga
 from responder.logs import configure_logging
 from responder.models import PLATFORM_TZ
 from responder.plugin_host import PluginHost
-from responder.store import Store, StoreError
+from responder.store import Store, StoreBackend, StoreError, open_store, store_name
 
 CONFIG_ENV = "RESPONDER_CONFIG"
 DEFAULT_CONFIG = "/etc/responder/config.toml"
@@ -41,6 +42,12 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help=f"configuration file (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--account",
+        default=None,
+        metavar="ID",
+        help="the account (an account file's stem) when the configuration has several",
     )
 
 
@@ -86,7 +93,9 @@ def _settings(args: argparse.Namespace, *, need_password: bool = False) -> Setti
     """The configuration of ``-c``, with the logs quiet and its secrets redacted from them;
     CommandExit(2) after printing every problem."""
     try:
-        settings = load_settings(_config_path(args), need_password=need_password)
+        settings = account_settings(
+            _config_path(args), getattr(args, "account", None), need_password=need_password
+        )
     except ConfigError as err:
         raise CommandExit(_problems(err.problems)) from None
     _quiet_logs(settings)
@@ -110,10 +119,14 @@ def opened_app(
     """
     settings = _settings(args, need_password=need_password)
     path = settings.store.path
-    if not path.exists() and no_store is NoStore.REFUSE:
-        print(f"{path}: no store yet: {needs_store}", file=sys.stderr)
-        raise CommandExit(1)
-    store = Store(":memory:" if not path.exists() and no_store is NoStore.IN_MEMORY else path)
+    store: StoreBackend
+    if settings.store.url:  # PostgreSQL: the database is there, or opening it fails
+        store = open_store(settings.store)
+    else:
+        if not path.exists() and no_store is NoStore.REFUSE:
+            print(f"{path}: no store yet: {needs_store}", file=sys.stderr)
+            raise CommandExit(1)
+        store = Store(":memory:" if not path.exists() and no_store is NoStore.IN_MEMORY else path)
     try:
         try:
             app = build_app(settings, store=store, dry_run=dry_run)
@@ -153,6 +166,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         password=args.password,
         encoding=args.encoding,
         min_read_interval=args.interval,
+        accounts=dict(item.partition("=")[::2] for item in args.accounts),
+        any_account=args.any_account,
     )
     return 0
 
@@ -226,11 +241,17 @@ def _send_by_hand(
     return 0 if ok else 1
 
 
+def _has_accounts(path: str) -> bool:
+    """Whether the configuration at ``path`` names account files (``[accounts] include``)."""
+    config = load_accounts(path, need_password=False)
+    return config.main is not None and bool(config.main.accounts.include)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from responder.daemon import Daemon
 
     path = _config_path(args)
-    daemon = Daemon(path)
+    daemon = Daemon(path)  # one account ("default"), or each of [accounts] include
     try:
         code = daemon.run()
     except ConfigError as err:
@@ -241,6 +262,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Daemon.stop joined the workers and jobs with their timeouts; a thread still in a hung
     # request is a daemon thread, which does not hold the interpreter open.
     return code
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    from responder.ha import cluster_command
+
+    args.config = _config_path(args)
+    return cluster_command(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -267,7 +295,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 return _interactive(app, args)
         for text in texts:
             outcome = simulate(
-                app, simulated_message(text, args.src, args.dst or _service_dst(app))
+                app, simulated_message(text, args.src, args.dst or _service_dst(app), app.account)
             )
             if args.json:
                 print(json.dumps(outcome.as_dict(), ensure_ascii=False))
@@ -303,7 +331,7 @@ def _interactive(app: App, args: argparse.Namespace) -> int:
             return 0
         if not text:
             return 0
-        message = simulated_message(text, args.src, args.dst or _service_dst(app))
+        message = simulated_message(text, args.src, args.dst or _service_dst(app), app.account)
         print_outcome(simulate(app, message))
 
 
@@ -314,40 +342,129 @@ def _age(moment: float | None, now: float) -> str:
     return f"{now - moment:.0f} s ago ({when:%Y-%m-%d %H:%M:%S})"
 
 
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    """Copy a SQLite store into an empty PostgreSQL database (``responder store copy``)."""
+    from responder.config import STORE_PASSWORD_ENV, redact_url
+    from responder.store.postgres import is_postgres_url
+
+    shown = redact_url(args.to)
+    if not is_postgres_url(args.to):
+        print(f"--to must be a postgresql:// URL, got {shown!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    source = args.source
+    if source is None:
+        settings = _settings(args)
+        source = settings.store.path
+    if not Path(source).exists():
+        print(f"{source}: no store there to copy", file=sys.stderr)
+        return 1
+    password = os.environ.get(STORE_PASSWORD_ENV, "")
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            print(f"{args.password_file}: cannot read it: {err.strerror}", file=sys.stderr)
+            return 1
+    from responder.store.copy import copy_store
+
+    copied = copy_store(
+        Path(source),
+        args.to,
+        password=password,
+        progress=lambda c: print(
+            f"{c.table}: {c.rows} rows" + (" (table created)" if c.created else "")
+        ),
+    )
+    total = sum(c.rows for c in copied)
+    print(f"copied {total} rows of {len(copied)} tables from {source} to {shown}")
+    print(f'next: set [store] url = "{shown}" in the configuration, then restart')
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    if args.account is None and _has_accounts(path):
+        return _accounts_status(path, args)
     with opened_app(args, no_store=NoStore.REFUSE, needs_store="the daemon has not run") as app:
         return _print_status(app, args)
+
+
+def _accounts_status(path: str, args: argparse.Namespace) -> int:
+    """One line per account (``--account ID``: everything about one); exit 1 when one is
+    unhealthy."""
+    import time
+
+    from responder.ha import lease_line
+
+    config = load_accounts(path, need_password=False)
+    if config.problems or config.main is None:
+        return _problems(config.problems)
+    _quiet_logs(config.main)
+    settings = config.main.store
+    if not settings.url and not settings.path.exists():
+        print(f"{settings.path}: no store yet: the daemon has not run", file=sys.stderr)
+        return 1
+    store = open_store(settings)
+    now = time.time()
+    records: dict[str, dict[str, Any]] = {}
+    try:
+        for account in [*config.accounts, *config.rejected]:
+            state = AccountStatus.load(store, account)
+            last_ok = store.last_read_ok_at(account=account)
+            stale = last_ok is None or now - last_ok > args.max_age
+            records[account] = {
+                "account": state.as_dict(),
+                "rejected": list(config.rejected.get(account, ())),
+                "last_read_ok_at": last_ok,
+                "outbox_depth": store.outbox_depth(account=account),
+                "lease": lease_line(store, account),
+                "healthy": account in config.accounts
+                and not stale
+                and state.state is AccountState.OK,
+            }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False, indent=2))
+    else:
+        print(f"store:    {store_name(settings)}")
+        for account, record in records.items():
+            state = record["account"]["state"]
+            shown = "REJECTED (its file is broken)" if record["rejected"] else state
+            print(
+                f"{account:<20} {shown:<14} last good read {_age(record['last_read_ok_at'], now)};"
+                f" outbox {record['outbox_depth']}"
+                + (f"; lease {record['lease']}" if record["lease"] else "")
+            )
+    healthy = all(record["healthy"] for record in records.values())
+    return 0 if healthy else 1
 
 
 def _print_status(app: App, args: argparse.Namespace) -> int:
     import time
 
+    from responder.ha import lease_line
     from responder.metrics import store_figures
 
     settings = app.settings
     status = app.store.status()
     figures = store_figures(app.store)
     sections = app.status_sections()
-    account = AccountStatus.load(app.store)
+    account = AccountStatus.load(app.store, app.account)
     now = time.time()
-    last_ok = status.last_read_ok_at
+    last_ok = app.store.last_read_ok_at(account=app.account)
     stale = last_ok is None or now - last_ok > args.max_age
     refused = account.state is not AccountState.OK
     if args.json:
-        record = asdict(status) | {
-            "outbox_depth": figures.outbox_depth,
-            "dead_letters": figures.dead_letters,
-            "sends": [
-                {"result": result, "errid": errid, "count": count}
-                for (result, errid), count in sorted(figures.sends.items())
-            ],
-            "plugins": {s.title: dict(s.figures) for s in sections},
-            "account": account.as_dict(),
-            "healthy": not stale and not refused,
-        }
+        record = status_record(app, max_age=args.max_age, now=now)
         print(json.dumps(record, ensure_ascii=False, indent=2))
     else:
-        print(f"store:          {settings.store.path}")
+        print(f"store:          {store_name(settings.store)}")
+        lease = lease_line(app.store, app.account)
+        if lease:
+            print(f"lease:          {lease}")
+        if app.account != "default":
+            print(f"account id:     {app.account}")
         for line in _account_lines(account, settings, now):
             print(line)
         print(f"messages:       {_counts(status.messages)}")
@@ -360,7 +477,7 @@ def _print_status(app: App, args: argparse.Namespace) -> int:
         if status.reads_held:
             print(f"READS HELD:     {status.reads_held}")
         print(f"last good read: {_age(last_ok, now)}")
-        print(f"last read try:  {_age(status.last_read_at, now)}")
+        print(f"last read try:  {_age(app.store.last_read_at(account=app.account), now)}")
         print(f"last message:   {_age(status.last_message_at, now)}")
         print(f"last sent:      {_age(status.last_sent_at, now)}")
         if status.reasons:
@@ -376,6 +493,29 @@ def _print_status(app: App, args: argparse.Namespace) -> int:
         if refused:
             print(f"unhealthy: the account is {account.state.label}")
     return 1 if stale or refused else 0
+
+
+def status_record(app: App, *, max_age: float, now: float) -> dict[str, Any]:
+    """What ``responder status --json`` prints (and GET /v1/status answers)."""
+    from responder.metrics import store_figures
+
+    status = app.store.status()
+    figures = store_figures(app.store)
+    account = AccountStatus.load(app.store, app.account)
+    last_ok = app.store.last_read_ok_at(account=app.account)
+    stale = last_ok is None or now - last_ok > max_age
+    refused = account.state is not AccountState.OK
+    return asdict(status) | {
+        "outbox_depth": figures.outbox_depth,
+        "dead_letters": figures.dead_letters,
+        "sends": [
+            {"result": result, "errid": errid, "count": count}
+            for (result, errid), count in sorted(figures.sends.items())
+        ],
+        "plugins": {s.title: dict(s.figures) for s in app.status_sections()},
+        "account": account.as_dict(),
+        "healthy": not stale and not refused,
+    }
 
 
 def _account_lines(account: AccountStatus, settings: Settings, now: float) -> list[str]:
@@ -475,7 +615,7 @@ def plugin_commands() -> CommandRegistry:
 
 CORE_COMMANDS = (
     "demo", "run", "check", "sandbox", "send", "simulate", "replay", "status", "unit", "plugins",
-    "balance",
+    "balance", "broadcast", "history", "cluster",
 )  # fmt: skip
 
 
@@ -506,6 +646,17 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
     p.add_argument("--password", default="demo", help="password it accepts")
     p.add_argument("--encoding", default="gbk")
     p.add_argument("--interval", type=float, default=5.0, help="minimum read interval")
+    p.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="NAME=PASSWORD",
+        dest="accounts",
+        help="one more account it accepts (repeat for several)",
+    )
+    p.add_argument(
+        "--any-account", action="store_true", help="accept any account name and password"
+    )
     p.set_defaults(handler=cmd_sandbox)
 
     p = sub.add_parser(
@@ -559,6 +710,68 @@ def build_parser(registry: CommandRegistry | None = None) -> argparse.ArgumentPa
     p = sub.add_parser("balance", help="ask the gateway for the account's balance (getfee)")
     _add_config(p)
     p.set_defaults(handler=cmd_balance)
+
+    p = sub.add_parser(
+        "broadcast",
+        help="queue one text to a CSV list of numbers, through the opt-out list and the"
+        " other before-send hooks; the daemon sends it",
+    )
+    _add_config(p)
+    broadcast.add_arguments(p)
+    p.set_defaults(handler=broadcast.command)
+
+    p = sub.add_parser(
+        "outbox",
+        help="show a send's progress per recipient (show ID), or cancel what of it is not"
+        " handed to the gateway yet (cancel ID)",
+    )
+    _add_config(p)
+    outbox_command.add_arguments(p)
+    p.set_defaults(handler=outbox_command.command)
+
+    p = sub.add_parser(
+        "history", help="SMS in and out, newest first, with what answered each message"
+    )
+    _add_config(p)
+    history.add_arguments(p)
+    p.set_defaults(handler=history.command)
+
+    p = sub.add_parser("store", help="the store: copy a SQLite store into PostgreSQL")
+    store_sub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    q = store_sub.add_parser(
+        "copy",
+        help="copy the SQLite store (journal, outbox, opt-out list, conversations, plugins'"
+        " tables) into an empty PostgreSQL database, whole or not at all",
+    )
+    _add_config(q)
+    q.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/dbname")
+    q.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the SQLite store to copy (default: the configuration's store.path)",
+    )
+    q.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the PostgreSQL password (default: $RESPONDER_STORE_PASSWORD, or none)",
+    )
+    q.set_defaults(handler=cmd_store_copy)
+
+    p = sub.add_parser(
+        "cluster", help="instances sharing a PostgreSQL store: who reads which account"
+    )
+    cluster_sub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    q = cluster_sub.add_parser(
+        "status", help="each instance (host, pid, heartbeat), its accounts and their leases"
+    )
+    _add_config(q)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(handler=cmd_cluster_status)
 
     p = sub.add_parser("unit", help="print the systemd unit shipped with this release")
     p.add_argument("--path", action="store_true", help="print where the unit file is instead")

@@ -18,10 +18,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from responder.hours import WEEKDAYS, Span, parse_ranges
+
+if TYPE_CHECKING:
+    from responder.accounts import AccountsSettings
+    from responder.api.settings import ApiSettings
+    from responder.console.settings import ConsoleSettings
+    from responder.ha import HaSettings
 
 PASSWORD_ENV: Final = "RESPONDER_GATEWAY_PASSWORD"
 CREDENTIAL_NAME: Final = "gateway-password"
@@ -318,6 +324,11 @@ class GatewaySettings:
     """The balance is getfee's ``id`` times this (0.1: the provider counts tenths of a yuan)."""
     low_balance: float | None = None
     """Warn, and say so in status, when the balance falls under this; None = off."""
+    send_rate: float = 0.0
+    """Send requests per second at most, over every SMS the daemon sends; 0 = unlimited."""
+    platform_schedule_over: int = 0
+    """A scheduled send to more numbers than this goes to the platform at once with its
+    ``time`` parameter (it cannot be cancelled then); 0 = never: the daemon holds it."""
 
 
 @dataclass(frozen=True)
@@ -325,6 +336,12 @@ class StoreSettings:
     path: Path
     keep_days: int = 365
     """Finished messages and their sent replies older than this are deleted; 0 = never."""
+    url: str = ""
+    """A PostgreSQL store (``postgresql://user@host:port/dbname``) instead of the SQLite
+    file at ``path``; "" = SQLite. Never holds the password."""
+    password: str = field(default="", repr=False)
+    """The PostgreSQL password (``password``, ``password_file``, the systemd credential
+    ``store-password`` or RESPONDER_STORE_PASSWORD), or "" (trust, peer, .pgpass)."""
 
 
 @dataclass(frozen=True)
@@ -354,6 +371,9 @@ class ReplySettings:
     """When a send's outcome is unknown: "resend" (at least once) or "give_up" (never twice)."""
     max_age: float = 3600.0
     """Seconds after it was queued that a reply still due is dead-lettered as "stale"."""
+    context_timeout: float = 86400.0
+    """Seconds an outbound send's ``context`` (without a flow) stays attached to a
+    recipient's conversation: their answer within it carries the context."""
 
 
 @dataclass(frozen=True)
@@ -394,13 +414,61 @@ class Settings:
     hours: HoursSettings = HoursSettings()
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     """The raw tables not read by the core: plugins' sections."""
+    api: ApiSettings = field(default_factory=lambda: _default_api())
+    """``[api]``: the HTTP API (off by default)."""
+    console: ConsoleSettings = field(default_factory=lambda: _default_console())
+    """``[console]``: the staff console on the API's listener (off by default)."""
+    account: str = "default"
+    """The account these settings are of: "default" for a single-account file, else the
+    account file's stem (see responder.accounts)."""
+    accounts: AccountsSettings = field(default_factory=lambda: _default_accounts())
+    """``[accounts]`` of the main file: where more accounts come from (none by default)."""
+    ha: HaSettings = field(default_factory=lambda: _default_ha())
+    """``[ha]``: instances sharing a PostgreSQL store (responder.ha)."""
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line."""
-        return tuple(s for s in (self.gateway.password,) if s)
+        tokens = tuple(token.token for token in self.api.tokens)
+        return tuple(s for s in (self.gateway.password, self.store.password, *tokens) if s)
 
 
-CORE_SECTIONS: Final = ("gateway", "store", "log", "plugins", "replies", "metrics", "hours")
+def _default_api() -> ApiSettings:
+    from responder.api.settings import ApiSettings
+
+    return ApiSettings()
+
+
+def _default_console() -> ConsoleSettings:
+    from responder.console.settings import ConsoleSettings
+
+    return ConsoleSettings()
+
+
+def _default_accounts() -> AccountsSettings:
+    from responder.accounts import AccountsSettings
+
+    return AccountsSettings()
+
+
+def _default_ha() -> HaSettings:
+    from responder.ha import HaSettings
+
+    return HaSettings()
+
+
+CORE_SECTIONS: Final = (
+    "gateway",
+    "store",
+    "log",
+    "plugins",
+    "replies",
+    "metrics",
+    "hours",
+    "api",
+    "console",
+    "accounts",
+    "ha",
+)
 
 
 def load_settings(path: str | os.PathLike[str], *, need_password: bool = True) -> Settings:
@@ -479,6 +547,10 @@ def collect_settings(
     metrics = _metrics(root.get_table("metrics"))
     hours_table = root.get_table("hours")
     hours = _hours(hours_table) if isinstance(data.get("hours"), dict) else HoursSettings()
+    api = _api(root.get_table("api"), environ, need_password)
+    console = _console(root.get_table("console"), api)
+    accounts = _accounts(root.get_table("accounts"))
+    ha = _ha(root.get_table("ha"))
     sections: dict[str, Mapping[str, Any]] = {}
     for key, value in data.items():
         if key in CORE_SECTIONS:
@@ -497,8 +569,39 @@ def collect_settings(
         metrics=metrics,
         hours=hours,
         sections=MappingProxyType(sections),
+        api=api,
+        console=console,
+        accounts=accounts,
+        ha=ha,
     )
     return settings, problems
+
+
+def _ha(table: Table) -> HaSettings:
+    from responder.ha import parse_ha
+
+    return parse_ha(table)
+
+
+def _accounts(table: Table) -> AccountsSettings:
+    from responder.accounts import parse_accounts
+
+    return parse_accounts(table)
+
+
+def _console(table: Table, api: ApiSettings) -> ConsoleSettings:
+    from responder.console.settings import console_problems, parse_console
+
+    console = parse_console(table)
+    for key, problem in console_problems(console, api):
+        table.error(key, problem)
+    return console
+
+
+def _api(table: Table, environ: Mapping[str, str], need_secrets: bool) -> ApiSettings:
+    from responder.api.settings import parse_api  # it imports this module: import late
+
+    return parse_api(table, environ, need_secrets)
 
 
 def is_loopback_url(url: str) -> bool:
@@ -590,6 +693,12 @@ def _gateway(table: Table, environ: Mapping[str, str], need_password: bool) -> G
         balance_check=_account_interval(table, "balance_check", simulator),
         balance_scale=_balance_scale(table),
         low_balance=table.get_optional_float("low_balance", min=0),
+        send_rate=table.get_float(
+            "send_rate", GatewaySettings.send_rate, min=0, max=1000, unit="requests per second"
+        ),
+        platform_schedule_over=table.get_int(
+            "platform_schedule_over", GatewaySettings.platform_schedule_over, min=0
+        ),
     )
     table.finish()
     return settings
@@ -726,8 +835,58 @@ def _store(table: Table, environ: Mapping[str, str]) -> StoreSettings:
     default = str(Path(state_dir) / "responder.db") if state_dir else "responder.db"
     path = table.get_path("path", default) or Path(default)
     keep_days = table.get_int("keep_days", StoreSettings.keep_days, min=0, max=100 * 365)
+    url = table.get_str("url", "")
+    password = ""
+    if url:
+        url, password = _store_url(table, url, environ)
+    elif "password" in table or "password_file" in table:
+        table.error("password", "is for a PostgreSQL store: set store.url too, or remove it")
     table.finish()
-    return StoreSettings(path=path, keep_days=keep_days)
+    return StoreSettings(path=path, keep_days=keep_days, url=url, password=password)
+
+
+STORE_PASSWORD_ENV: Final = "RESPONDER_STORE_PASSWORD"
+STORE_CREDENTIAL: Final = "store-password"
+
+
+def _store_url(table: Table, url: str, environ: Mapping[str, str]) -> tuple[str, str]:
+    """``store.url`` checked (a postgresql:// URL without a password in it) and the
+    store's password, if one is given anywhere (PostgreSQL may need none)."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        secret_in_url = bool(parts.password) or "password=" in parts.query.lower()
+    except ValueError:
+        table.error("url", f"must be a postgresql:// URL, got {shown!r}")
+        return "", ""
+    if parts.scheme not in ("postgresql", "postgres"):
+        table.error(
+            "url",
+            f"must be a postgresql:// URL (postgresql://user@host:5432/dbname), got {shown!r}",
+        )
+        return "", ""
+    if secret_in_url:
+        table.error(
+            "url",
+            "must not hold the password: set store.password_file, the systemd credential "
+            f"{STORE_CREDENTIAL!r} or {STORE_PASSWORD_ENV} instead",
+        )
+        return "", ""
+    if "path" in table:
+        table.error("path", "set either store.path (SQLite) or store.url (PostgreSQL), not both")
+    credential = Path(environ.get("CREDENTIALS_DIRECTORY", "")) / STORE_CREDENTIAL
+    given = (
+        "password" in table
+        or "password_file" in table
+        or bool(environ.get(STORE_PASSWORD_ENV))
+        or (bool(environ.get("CREDENTIALS_DIRECTORY")) and credential.exists())
+    )
+    if not given:
+        return url, ""
+    password = resolve_secret(
+        table, "password", env=STORE_PASSWORD_ENV, credential=STORE_CREDENTIAL, environ=environ
+    )
+    return url, password
 
 
 def _log(table: Table) -> LogSettings:
@@ -769,6 +928,13 @@ def _replies(table: Table) -> ReplySettings:
             "on_uncertain", ReplySettings.on_uncertain, choices=("resend", "give_up")
         ),
         max_age=table.get_float("max_age", ReplySettings.max_age, min=60, unit="seconds"),
+        context_timeout=table.get_float(
+            "context_timeout",
+            ReplySettings.context_timeout,
+            min=60,
+            max=30 * 86400,
+            unit="seconds",
+        ),
     )
     if len(settings.signature) > 20:
         table.error("signature", f"must be at most 20 characters, got {len(settings.signature)}")

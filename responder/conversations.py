@@ -35,6 +35,11 @@ ACTIVE: Final = "active"
 """In a flow, at a step."""
 WITH_PERSON: Final = "with_person"
 """Handed to a person: the bot does not answer the number."""
+CONTEXT: Final = "context"
+"""Only carries what an outbound send attached (``context``, no flow) until it expires:
+nothing answers it, the number is outside any conversation for the guard and the flows
+(a flow the number starts keeps the context), and relays and events about the number's
+messages carry it."""
 
 
 class Keep(enum.Enum):

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from responder.api.context import ApiRoutes
     from responder.app import App
     from responder.commands import CommandRegistry
     from responder.config import ConfigSection
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         Deferred,
         Delivery,
         Event,
+        FlowEntry,
         Message,
         Reply,
         StatusSection,
@@ -180,6 +182,22 @@ def responder_before_send(app: App, message: Message, reply: Reply) -> Reply | V
     """
 
 
+@hookspec(firstresult=True)
+def responder_flow_entry(app: App, flow: str) -> FlowEntry | None:
+    """Where a send no message asked for puts each recipient in a conversation flow.
+
+    Thread: the processing thread (the daemon runs outbound sends there), or the thread
+    of a command that sends (``responder broadcast``).
+
+    Called when a send names a ``flow`` (``responder.outbound``): once when the send is
+    checked (an unknown flow refuses the send) and again as its recipients are queued.
+    Arguments: ``app``, ``flow`` (the flow's name). Return a ``FlowEntry`` (the step the
+    recipients' conversations start at, its timeout, the plugin that owns them) for a
+    flow you run, or None. First result wins; the conversations plugin answers for its
+    ``[[conversations.flows]]``.
+    """
+
+
 # -- events ------------------------------------------------------------------------------
 
 
@@ -211,7 +229,9 @@ def responder_after_send(app: App, message: Message, reply: Reply, delivery: Del
     thread recovers them at start-up, before its first send).
 
     Called after each attempt of each outbox row (one per part of a long reply).
-    Arguments: ``app``, ``message`` (the message the SMS answers), ``reply`` (the SMS as
+    Arguments: ``app``, ``message`` (the message the SMS answers; for a send no message
+    asked for, ``responder.outbound``, a stand-in with ``id`` 0, no ``src`` and the text
+    as asked), ``reply`` (the SMS as
     sent: ``text`` is this part, ``to`` the recipients), ``delivery`` (a ``Delivery``
     whose ``status`` is "sent", "refused", "retrying", "dead" or "uncertain"). Return
     value ignored; every implementation is called.
@@ -229,6 +249,25 @@ def responder_register_commands(commands: CommandRegistry) -> None:
     ``setup(parser)`` adds arguments to an ``argparse`` parser, ``run(app, args)``
     returns the exit code and receives an ``App`` built from ``-c FILE`` (store open, no
     scheduler running). Return value ignored; every implementation is called.
+    """
+
+
+@hookspec
+def responder_api(api: ApiRoutes) -> None:
+    """Add endpoints to the HTTP API (``[api]``), under /v1.
+
+    Thread: the daemon's main thread, once, when the API server starts (a SIGHUP reload
+    keeps the routes; ``api.app()`` is the App in use at each request). The routes run
+    on the server's request threads.
+
+    Arguments: ``api``, a ``responder.ApiRoutes``: ``api.router`` is a FastAPI
+    ``APIRouter`` (import ``fastapi`` inside this hook: it is the optional ``api`` extra);
+    ``api.require("read")`` is the dependency that admits a token with that scope;
+    ``api.app()`` the current App; ``api.run(fn)`` runs ``fn(app)`` on the processing
+    thread (for work that calls hooks or emits events); ``api.send(token, to, text)`` sends
+    through the compliance path; ``api.responses(404)`` documents error answers; raise
+    ``responder.ApiError(status, code, message)`` to answer an error. Return value
+    ignored; every implementation is called. See docs/api.md.
     """
 
 

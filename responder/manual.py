@@ -19,8 +19,8 @@ import structlog
 
 from responder.app import App
 from responder.gateway import GatewayError, OutcomeUnknown
-from responder.models import Message, Reply, SendResult, Veto
-from responder.pipeline import before_send, compose, recipients
+from responder.models import Message, SendResult
+from responder.pipeline import before_send_each, compose, recipients
 
 log = structlog.get_logger("responder.send")
 
@@ -74,16 +74,22 @@ def plan(app: App, numbers: Sequence[str], text: str, *, sender: str | None) -> 
     sender) share requests.
     """
     message = Message(
-        id=0, gateway_id=0, src="", dst=sender or "", text=text, received_at=app.now(), raw=""
+        id=0,
+        gateway_id=0,
+        src="",
+        dst=sender or "",
+        text=text,
+        received_at=app.now(),
+        raw="",
+        account=app.account,
     )
     suppressed: list[Suppressed] = []
     groups: dict[tuple[str, str | None], list[str]] = {}
-    for number in numbers:
-        reply = Reply(text=text, to=(number,), plugin=PLUGIN, sender=sender)
-        checked = before_send(app, message, reply)
-        if isinstance(checked, Veto):
-            by = f" (by {checked.plugin})" if checked.plugin else ""
-            suppressed.append(Suppressed(number, f"{checked.reason}{by}"))
+    for number, checked in before_send_each(
+        app, message, numbers, text, sender=sender, plugin=PLUGIN
+    ):
+        if isinstance(checked, str):
+            suppressed.append(Suppressed(number, checked))
             continue
         to = recipients(message, checked)
         if number not in to:

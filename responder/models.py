@@ -108,6 +108,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class FlowEntry:
+    """Where an outbound send puts a recipient in a flow (``responder_flow_entry``)."""
+
+    step: str
+    """The step the recipient's conversation starts at."""
+    timeout: float | None
+    """Seconds the conversation lasts without an answer; None: until it ends."""
+    who: str
+    """The plugin that owns the conversation (answers its messages)."""
+
+
+@dataclass(frozen=True)
 class SendResult:
     """The gateway's answer to a send. ``ok`` follows the vendor: ``num > 0``."""
 

@@ -56,7 +56,10 @@ def compact_number(text: str) -> str:
 def canonical_number(number: str) -> str:
     """A phone number as lists key it: digits only, without a +86 / 0086 / 86 prefix
     in front of a mobile number."""
-    digits = "".join(char for char in number if char.isdigit())
+    if number.isascii() and number.isdigit():  # the usual case, and every canonical one
+        digits = number
+    else:
+        digits = "".join(char for char in number if char.isdigit())
     for prefix in ("0086", "86"):
         if digits.startswith(prefix) and len(digits) == len(prefix) + 11 and digits[-11] == "1":
             return digits[len(prefix) :]

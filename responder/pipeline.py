@@ -7,6 +7,7 @@ the conversation changes the plugins staged meanwhile (``app.conversation``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -137,6 +138,27 @@ def before_send(app: App, message: Message, reply: Reply) -> Reply | Veto:
     finally:
         state.chain = outer
     return changed if result is None else result
+
+
+def before_send_each(
+    app: App,
+    message: Message,
+    numbers: Iterable[str],
+    text: str,
+    *,
+    sender: str | None,
+    plugin: str,
+) -> Iterator[tuple[str, Reply | str]]:
+    """Each number through the before-send hooks, as ``text`` to it alone would be: the
+    reply they left, or why they vetoed it ("reason (by plugin)")."""
+    for number in numbers:
+        reply = Reply(text=text, to=(number,), plugin=plugin, sender=sender)
+        result = before_send(app, message, reply)
+        if isinstance(result, Veto):
+            by = f" (by {result.plugin})" if result.plugin else ""
+            yield number, f"{result.reason}{by}"
+        else:
+            yield number, result
 
 
 def answer(app: App, message: Message) -> Reply | Deferred | None:

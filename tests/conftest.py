@@ -16,8 +16,10 @@ import tomli_w
 
 from responder.app import App, build_app
 from responder.config import settings_from_dict
+from responder.daemon import Daemon
 from responder.sandbox import Sandbox
 from responder.store import Store
+from tests.pg import postgres_database, postgres_server, private_postgres  # noqa: F401 - fixtures
 
 PASSWORD = "s3cret-密码+&Pw"
 
@@ -101,6 +103,33 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start a daemon in this process from a configuration (``config_dict``) whose store
+    is on ``tmp_path``; each one started is stopped after the test. ``before_start`` sees
+    the daemon before it starts; other keyword arguments go to ``Daemon``."""
+    started: list[Daemon] = []
+
+    def start(
+        data: dict[str, Any],
+        *,
+        notify: Callable[[str], None] = lambda _line: None,
+        before_start: Callable[[Daemon], None] = lambda _daemon: None,
+        **options: Any,
+    ) -> Daemon:
+        settings = settings_from_dict(data, source=str(tmp_path / "config.toml"), environ={})
+        daemon = Daemon(settings=settings, notify=notify, configure_logs=False, **options)
+        before_start(daemon)
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        if not daemon.stopping.is_set():
+            daemon.stop()
 
 
 @pytest.fixture

@@ -10,15 +10,16 @@ import sys
 import threading
 from dataclasses import dataclass, replace
 
+import httpx
 import pytest
 import tomli_w
 
-from responder import hookimpl, hookspecs
+from responder import hookimpl, hookspecs, outbound
 from responder.app import build_app
 from responder.cli import build_parser
 from responder.commands import CommandRegistry
 from responder.config import ConfigError, ConfigSection, Table
-from responder.models import Deferred, Event, Reply, StatusSection, Veto
+from responder.models import Deferred, Event, FlowEntry, Reply, StatusSection, Veto
 from responder.plugin_host import PluginHost
 from responder.testing import make_settings
 
@@ -421,6 +422,89 @@ def test_hook_responder_describe_explains_an_unanswered_message_in_simulate(resp
 
     assert outcome.reason == "no reply"
     assert outcome.labels["why"] == "nothing for 'hello'"  # user plugins before built-ins
+
+
+# -- responder_flow_entry ---------------------------------------------------------------
+
+
+class Survey:
+    @hookimpl
+    def responder_flow_entry(self, app, flow):
+        return FlowEntry(step="score", timeout=3600, who="survey") if flow == "survey" else None
+
+
+def test_hook_responder_flow_entry_starts_each_recipient_at_the_step_it_names(tmp_path):
+    settings = make_settings({}, gateway_url="http://127.0.0.1:9", store_path=tmp_path / "s.db")
+    app = build_app(settings, extra_plugins=(("survey", Survey()),))
+    try:
+        receipt = outbound.submit(
+            app,
+            outbound.SendRequest(to=("13800138000",), text="打分 1-5", flow="survey"),
+        )
+        assert [r.status for r in receipt.recipients] == [outbound.QUEUED]
+        started = app.conversation("13800138000").current
+        assert started is not None
+        assert (started.flow, started.step, started.who) == ("survey", "score", "survey")
+    finally:
+        app.close()
+        app.store.close()
+
+
+def test_hook_responder_flow_entry_without_an_answer_refuses_the_flow(tmp_path):
+    settings = make_settings({}, gateway_url="http://127.0.0.1:9", store_path=tmp_path / "s.db")
+    app = build_app(settings, extra_plugins=(("survey", Survey()),))
+    try:
+        with pytest.raises(ValueError, match="unknown flow 'quiz'"):
+            outbound.submit(app, outbound.SendRequest(to=("13800138000",), text="?", flow="quiz"))
+    finally:
+        app.close()
+        app.store.close()
+
+
+# -- responder_api ----------------------------------------------------------------------
+
+READ_TOKEN = "reader-token-0123456789abcdef"
+SEND_TOKEN = "sender-token-0123456789abcdef"
+
+
+class HelloEndpoint:
+    @hookimpl
+    def responder_api(self, api):
+        may_read = api.require("read")
+
+        @api.router.get("/hello", dependencies=[may_read])
+        def hello() -> dict[str, str]:
+            return {"account": api.app().account}
+
+
+def test_hook_responder_api_adds_an_endpoint_behind_a_scope(tmp_path):
+    pytest.importorskip("fastapi")
+    from responder.api.context import ApiContext
+    from responder.api.server import ApiServer
+
+    tokens = [
+        {"name": "board", "scopes": ["read"], "token": READ_TOKEN},
+        {"name": "crm", "scopes": ["send"], "token": SEND_TOKEN},
+    ]
+    settings = make_settings(
+        {"api": {"enabled": True, "listen": "127.0.0.1:0", "tokens": tokens}},
+        gateway_url="http://127.0.0.1:9",
+        store_path=tmp_path / "s.db",
+    )
+    app = build_app(settings, extra_plugins=(("hello", HelloEndpoint()),))
+    server = ApiServer(ApiContext.for_app(app)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            reader = client.get("/v1/hello", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+            sender = client.get("/v1/hello", headers={"Authorization": f"Bearer {SEND_TOKEN}"})
+            schema = client.get("/v1/openapi.json").json()
+        assert (reader.status_code, reader.json()) == (200, {"account": "default"})
+        assert sender.status_code == 403
+        assert "/v1/hello" in schema["paths"]
+    finally:
+        server.stop()
+        app.close()
+        app.store.close()
 
 
 # -- every hook has a test --------------------------------------------------------------

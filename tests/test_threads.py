@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,8 @@ class Threads:
 
 
 @pytest.fixture
-def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def run_daemon(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Callable[..., Daemon]:
     """Start a daemon in this process on ``tmp_path``'s store; stopped after the test."""
-    started: list[Daemon] = []
 
     def run(
         sandbox: Sandbox,
@@ -53,20 +52,13 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         notify: Callable[[str], None] = lambda _line: None,
         **sections: dict[str, Any],
     ) -> Daemon:
-        data = config_dict(sandbox, tmp_path, **{"keywords": RULES, **sections})
-        settings = settings_from_dict(data, source=str(tmp_path / "config.toml"), environ={})
-        daemon = Daemon(
-            settings=settings, notify=notify, configure_logs=False, extra_plugins=plugins
-        )
-        daemon.supervisor.watchdog = watchdog
-        started.append(daemon)
-        daemon.start()
-        return daemon
+        def set_watchdog(daemon: Daemon) -> None:
+            daemon.supervisor.watchdog = watchdog
 
-    yield run
-    for daemon in started:
-        if not daemon.stopping.is_set():
-            daemon.stop()
+        data = config_dict(sandbox, tmp_path, **{"keywords": RULES, **sections})
+        return start_daemon(data, notify=notify, before_start=set_watchdog, extra_plugins=plugins)
+
+    return run
 
 
 def sms(text: str, gateway_id: int = 1) -> InboundSms:

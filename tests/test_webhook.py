@@ -185,6 +185,7 @@ def test_request_carries_the_message_as_utf8_json(hook_app, receiver) -> None:
     assert request.json() == {
         "delivery_id": only_row(app)["delivery_id"],
         "target": "crm",
+        "account": "default",
         "message_id": message.id,
         "gateway_id": message.gateway_id,
         "src": PHONE,

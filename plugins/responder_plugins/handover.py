@@ -25,6 +25,8 @@ from responder import (
     OPTED_OUT,
     PLATFORM_TZ,
     WITH_PERSON,
+    ApiError,
+    ApiRoutes,
     App,
     CommandRegistry,
     ConfigSection,
@@ -376,3 +378,161 @@ def responder_register_commands(commands: CommandRegistry) -> None:
         setup=_setup_conversation,
         run=_run_conversation,
     )
+
+
+# -- HTTP API ------------------------------------------------------------------------------
+
+_CONVERSATION: Final = {
+    "type": "object",
+    "required": ["number", "state", "flow", "step", "started_at", "expires_at", "account"],
+    "properties": {
+        "number": {"type": "string"},
+        "state": {"type": "string", "description": '"with_person" or "active"'},
+        "flow": {"type": "string"},
+        "step": {"type": "string"},
+        "started_at": {"type": "string"},
+        "expires_at": {"type": ["string", "null"]},
+        "account": {"type": "string"},
+        "last": {"type": "array", "items": {"type": "string"}, "description": "latest texts"},
+    },
+}
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, PLATFORM_TZ).isoformat()
+
+
+@hookimpl(trylast=True)
+def responder_api(api: ApiRoutes) -> None:
+    """GET /v1/conversations, POST /v1/conversations/{number}/reply and .../release."""
+    from fastapi import Body, Header, Path, Query
+
+    may_read = api.require("read")
+    may_send = api.require("send")
+
+    listing = {
+        "type": "object",
+        "required": ["conversations"],
+        "properties": {"conversations": {"type": "array", "items": _CONVERSATION}},
+    }
+
+    @api.router.get(
+        "/conversations",
+        response_model=None,
+        responses={
+            200: api.answer(listing, "most recently moved first"),
+            **api.responses(404, 422),
+        },
+        summary="Conversations under way: state=with_person lists the customers waiting",
+        tags=["conversations"],
+    )
+    def list_conversations(
+        token: Any = may_read,
+        state: str = Query(WITH_PERSON, pattern="^(with_person|active|all)$"),
+        limit: int = Query(100, ge=1, le=1000),
+        last: int = Query(3, ge=0, le=20, description="latest texts shown per customer"),
+        account: str | None = Query(
+            None, max_length=32, description="one account's; default: every one the token sees"
+        ),
+    ) -> Any:
+        app = api.app() if account is None else api.account(token, account)
+        seen = api.accounts(token) if account is None else [app.account]
+        found = app.store.conversations(
+            state=None if state == "all" else state,
+            account=app.account if account is not None else None,
+            limit=limit,
+        )
+        conversations = []
+        for conversation in found:
+            if conversation.account not in seen:
+                continue
+            texts = (
+                app.store.texts_from(
+                    conversation.number,
+                    since=conversation.started_at - 86400,
+                    limit=last,
+                    account=conversation.account,
+                )
+                if last
+                else []
+            )
+            conversations.append(
+                {
+                    "number": conversation.number,
+                    "state": conversation.state,
+                    "flow": conversation.flow,
+                    "step": conversation.step,
+                    "started_at": _iso(conversation.started_at),
+                    "expires_at": _iso(conversation.expires_at),
+                    "account": conversation.account,
+                    "last": list(reversed(texts)),
+                }
+            )
+        return {"conversations": conversations}
+
+    @api.router.post(
+        "/conversations/{number}/reply",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: api.answer({"type": "object"}, "accepted: as POST /v1/messages answers"),
+            **api.responses(404, 409, 422),
+        },
+        summary="Answer a customer as staff (opt-out, signature, splitting apply)",
+        tags=["conversations"],
+    )
+    def reply(
+        number: str = Path(max_length=40),
+        text: str = Body(..., embed=True, min_length=1, max_length=10_000),
+        idempotency_key: str | None = Header(None, pattern=r"^[\x21-\x7e]{1,200}$"),
+        token: Any = may_send,
+        account: str | None = Query(
+            None, max_length=32, description="the account; default: the only one"
+        ),
+    ) -> Any:
+        found = api.number(number)
+        target = api.account(token, account)
+        answer = api.send(token, [found], text, key=idempotency_key or "", account=account)
+        timeout = _settings(target).timeout
+
+        def keep(app: App) -> None:
+            handle = app.conversation(found)
+            if handle.with_person:  # an answer keeps the hand-over going
+                handle.move(timeout=timeout)
+
+        api.run(keep, app=target)
+        return answer
+
+    released = {
+        "type": "object",
+        "required": ["number", "released"],
+        "properties": {"number": {"type": "string"}, "released": {"type": "boolean"}},
+    }
+
+    @api.router.post(
+        "/conversations/{number}/release",
+        response_model=None,
+        responses={200: api.answer(released, "the bot answers again"), **api.responses(404, 422)},
+        summary="Hand a customer back to the bot",
+        tags=["conversations"],
+    )
+    def release(
+        number: str = Path(max_length=40),
+        token: Any = may_send,
+        account: str | None = Query(
+            None, max_length=32, description="the account; default: the only one"
+        ),
+    ) -> Any:
+        found = api.number(number)
+        target = api.account(token, account)
+
+        def end(app: App) -> bool:
+            handle = app.conversation(found)
+            if not handle.with_person:
+                return False
+            handle.end()
+            return True
+
+        if not api.run(end, app=target):
+            raise ApiError(404, "not_found", f"{found} is not with a person")
+        return {"number": found, "released": True}

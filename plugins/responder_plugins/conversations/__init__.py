@@ -19,6 +19,7 @@ from responder_plugins.conversations.plugin import (
     COMPLETED,
     responder_check,
     responder_config_section,
+    responder_flow_entry,
     responder_observe,
     responder_reply,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "render",
     "responder_check",
     "responder_config_section",
+    "responder_flow_entry",
     "responder_observe",
     "responder_reply",
 ]

@@ -13,11 +13,13 @@ from typing import Any
 
 from responder import (
     ACTIVE,
+    CONTEXT,
     OPTED_OUT,
     App,
     ConfigSection,
     ConversationHandle,
     Event,
+    FlowEntry,
     Message,
     Reply,
     hookimpl,
@@ -66,6 +68,15 @@ def responder_config_section() -> ConfigSection:
     return ConfigSection(PLUGIN, parse)
 
 
+@hookimpl(trylast=True)
+def responder_flow_entry(app: App, flow: str) -> FlowEntry | None:
+    """An outbound send's recipients start the flow at its first step."""
+    found = _settings(app).flow(flow)
+    if found is None:
+        return None
+    return FlowEntry(step=found.steps[0].name, timeout=found.timeout, who=PLUGIN)
+
+
 @hookimpl
 def responder_reply(app: App, message: Message) -> Reply | None:
     settings = _settings(app)
@@ -73,6 +84,9 @@ def responder_reply(app: App, message: Message) -> Reply | None:
         return None
     handle = app.conversation(message)
     current = handle.current
+    context: dict[str, Any] = {}
+    if current is not None and current.state == CONTEXT:  # a send's context, no flow
+        context, current = dict(current.context), None
     if current is not None and (current.state != ACTIVE or current.who != PLUGIN):
         return None  # with a person, or another plugin's conversation
     if current is not None:
@@ -93,7 +107,7 @@ def responder_reply(app: App, message: Message) -> Reply | None:
     assert flow is not None
     if flow.when and (flow.when == "open") != app.hours.is_open(app.now()):
         return None  # not its hours: the keyword rules may answer the word
-    return _apply(app, handle, settings, message, flow, action)
+    return _apply(app, handle, settings, message, flow, action, context)
 
 
 def _apply(
@@ -103,7 +117,10 @@ def _apply(
     message: Message,
     flow: Flow,
     action: Action,
+    context: dict[str, Any] | None = None,
 ) -> Reply:
+    """What ``action`` does to the conversation, and the flow's answer; ``context``: what
+    a send attached to the number, kept by the flow it starts."""
     if action.kind == SWITCH:
         other = settings.flow(action.flow)
         assert other is not None  # the configuration checked it
@@ -111,7 +128,7 @@ def _apply(
         handle.start(other.name, switched.step, timeout=other.timeout, who=PLUGIN)
         return _reply(message, other, switched)
     if action.kind == START:
-        handle.start(flow.name, action.step, timeout=flow.timeout, who=PLUGIN)
+        handle.start(flow.name, action.step, timeout=flow.timeout, context=context, who=PLUGIN)
     elif action.kind in (MOVE, RETRY):
         handle.move(action.step, fields=action.fields, timeout=flow.timeout)
     elif action.kind in (CANCEL, GIVE_UP, LEAF):

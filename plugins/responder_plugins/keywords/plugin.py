@@ -24,8 +24,12 @@ from responder_plugins.keywords.templates import values_for
 
 PLUGIN: Final = "keywords"
 SCHEMA: Final = (
-    "CREATE TABLE keywords_fallback ("
-    " number TEXT PRIMARY KEY, message_id INTEGER NOT NULL, at REAL NOT NULL)",
+    {  # PostgreSQL's REAL is 4 bytes: epoch seconds need DOUBLE PRECISION there
+        "sqlite": "CREATE TABLE keywords_fallback ("
+        " number TEXT PRIMARY KEY, message_id INTEGER NOT NULL, at REAL NOT NULL)",
+        "postgresql": "CREATE TABLE keywords_fallback ("
+        " number TEXT PRIMARY KEY, message_id BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+    },
 )
 
 

@@ -85,13 +85,30 @@ LEGACY_TABLES: Final = """
 """Step 1 of the plugin's schema, as releases before the durable queue created it."""
 
 SCHEMA: Final = (
-    LEGACY_TABLES,
+    {
+        "sqlite": LEGACY_TABLES,
+        # no store on PostgreSQL is older than the durable queue: no deliveries table
+        "postgresql": """
+        CREATE TABLE webhook_circuits (
+            target TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL DEFAULT 0,
+            blocked_until DOUBLE PRECISION NOT NULL DEFAULT 0
+        );
+        """,
+    },
     # step 2: the relays moved to the durable queues (``prepare`` copies the rows first);
     # a dead letter re-queued by hand gets a fresh max_age, kept here by item.
-    """
-    DROP TABLE webhook_deliveries;
-    CREATE TABLE webhook_requeued (item_id INTEGER PRIMARY KEY, expires_at REAL NOT NULL);
-    """,
+    {
+        "sqlite": """
+        DROP TABLE webhook_deliveries;
+        CREATE TABLE webhook_requeued (item_id INTEGER PRIMARY KEY, expires_at REAL NOT NULL);
+        """,
+        "postgresql": """
+        CREATE TABLE webhook_requeued (
+            item_id BIGINT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    },
 )
 
 MAX_POOL: Final = 32

@@ -63,6 +63,7 @@ def request_body(
     document = {
         "delivery_id": delivery_id,
         "target": target,
+        "account": message.account,
         "message_id": message.id,
         "gateway_id": message.gateway_id,
         "src": message.src,
