@@ -244,6 +244,14 @@ class PgLeases:
             # A request the network swallowed fails within a lease, not after minutes.
             "tcp_user_timeout": int(max(self.lease / 3, 1.0) * 1000),
             "connect_timeout": max(2, int(self.lease / 3)),
+            # A heartbeat never waits on a lock longer than a third of the lease, and the
+            # server ends one left open by an instance cut off mid-transaction before its
+            # leases could run out, so the rows it locked are free for the others.
+            "options": (
+                f"-c lock_timeout={int(max(self.lease / 3, 1.0) * 1000)}"
+                f" -c idle_in_transaction_session_timeout={int(max(self.lease / 2, 1.0) * 1000)}"
+                " -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
+            ),
         }
         self._store = store
         self._on_change = on_change
@@ -393,7 +401,7 @@ class PgLeases:
         with self._lock:
             mine = {a: h.token for a, h in self._held.items()}
             giving = [a for a, h in self._held.items() if h.releasing and h.busy == 0]
-            accounts = list(self._accounts)
+            accounts = sorted(self._accounts)  # every instance locks rows in one order
         lease = _seconds(self.lease)
         try:
             with self._tx() as conn:

@@ -240,6 +240,14 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+SESSION_OPTIONS: Final = (
+    "-c idle_in_transaction_session_timeout=60000"
+    " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+)
+"""Server settings of every session: a transaction left idle for a minute is ended (none
+of the store's waits inside one), and a client gone silent is noticed in about 25 s."""
+
+
 class PostgresStore(StoreQueries):
     """The PostgreSQL store. Safe to use from several threads and several processes."""
 
@@ -270,6 +278,9 @@ class PostgresStore(StoreQueries):
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            # and the server ends a session whose client vanished mid-transaction, so that
+            # its row locks do not hold up the other instances for hours
+            "options": SESSION_OPTIONS,
         }
         if password:
             self._kwargs["password"] = password
