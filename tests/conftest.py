@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,111 @@ import pytest
 import tomli_w
 
 from responder.app import App, build_app
-from responder.config import settings_from_dict
+from responder.config import StoreSettings, settings_from_dict
 from responder.daemon import Daemon
 from responder.sandbox import Sandbox
-from responder.store import Store
+from responder.store import Store, StoreBackend, open_store
 from tests.pg import postgres_database, postgres_server, private_postgres  # noqa: F401 - fixtures
 
 PASSWORD = "s3cret-密码+&Pw"
+
+# Which store a test's daemons use. A test marked ``@pytest.mark.stores("sqlite",
+# "postgresql")`` runs once per store named: ``store_backend`` (autouse, so it is set up
+# before the test's own fixtures) makes ``config_dict`` and ``offline_config`` write that
+# store's ``[store]`` section (and short ``[ha]`` leases on PostgreSQL), and ``store_rows``
+# / ``open_test_store`` read the results back through the store interface. Unmarked tests
+# stay on SQLite. Left there on purpose: the tests about the SQLite file itself (a damaged
+# or unwritable file, a full disk, WAL, file permissions: tests/faults/test_store_faults.py,
+# test_an_unwritable_store_is_one_clear_fatal_error), its single-host lock
+# (test_a_second_daemon_on_the_same_store_refuses_to_start; PostgreSQL shares accounts by
+# leases: tests/test_ha.py, tests/test_ha_cluster.py), and those reaching the file with
+# sqlite3 (legacy schemas). For time only: the kill -9 loop (its audit reads
+# the file with sqlite3, and each of its 24 restarts would wait out a lease) and the crash
+# loop set-aside test (three crashes, a lease wait each); the menu/timeout flow test (a real
+# 10 s wait) and the API token and reload tests, which do not depend on the store.
+STORE_NAMES = ("sqlite", "postgresql")
+PG_LEASE = 3.0
+"""Seconds of ``[ha] lease`` in the tests' configurations on PostgreSQL."""
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """The store of one test: its name, and its PostgreSQL URL or SQLite file."""
+
+    name: str
+    url: str = ""
+    path: Path | None = None
+
+    def section(self, tmp_path: Path) -> dict[str, Any]:
+        """The ``[store]`` section of a configuration made in ``tmp_path``."""
+        if self.url:
+            return {"url": self.url}
+        return {"path": str(tmp_path / "responder.db")}
+
+    def settings(self) -> StoreSettings:
+        return StoreSettings(path=self.path or Path("responder.db"), url=self.url)
+
+
+_current: list[StoreChoice] = []
+"""The running test's store, while ``store_backend`` is set up (one test at a time per
+process: xdist workers are processes)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stores(*names): run the test once per store named (sqlite, postgresql)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("stores")
+    if marker is None:
+        return
+    names = marker.args or STORE_NAMES
+    unknown = set(names) - set(STORE_NAMES)
+    assert not unknown, f"unknown stores {sorted(unknown)}: choose from {STORE_NAMES}"
+    metafunc.parametrize("store_backend", names, indirect=True, ids=[f"store-{n}" for n in names])
+
+
+@pytest.fixture(autouse=True)
+def store_backend(request: pytest.FixtureRequest) -> Iterator[StoreChoice | None]:
+    """The store of a test marked ``stores``: SQLite in its ``tmp_path``, or a fresh
+    PostgreSQL database of its own. None (and SQLite) for unmarked tests."""
+    name = getattr(request, "param", None)
+    if name is None:
+        yield None
+        return
+    if name == "postgresql":
+        choice = StoreChoice(name, url=request.getfixturevalue("postgres_database"))
+    else:
+        choice = StoreChoice(name, path=request.getfixturevalue("tmp_path") / "responder.db")
+    _current.append(choice)
+    try:
+        yield choice
+    finally:
+        _current.remove(choice)
+
+
+def _store_section(tmp_path: Path) -> dict[str, Any]:
+    if _current:
+        return _current[-1].section(tmp_path)
+    return {"path": str(tmp_path / "responder.db")}
+
+
+def open_test_store() -> StoreBackend:
+    """The running test's store (of a test marked ``stores``), opened; the caller closes it."""
+    assert _current, "only a test marked stores has a store of its own"
+    return open_store(_current[-1].settings())
+
+
+def store_rows(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read (SQLite placeholders) from the running test's store, through the store
+    interface, so the same assertion holds on every store; a table not made yet is empty."""
+    store = open_test_store()
+    try:
+        return [tuple(row) for row in store.query(sql, params, missing_ok=True)]
+    finally:
+        store.close()
 
 
 @pytest.fixture
@@ -42,10 +141,14 @@ def config_dict(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) ->
             "simulator": True,
             "timeout": 2,
         },
-        "store": {"path": str(tmp_path / "responder.db")},
+        "store": _store_section(tmp_path),
         "log": {"format": "json", "level": "info"},
         "replies": {"retry_initial": 0.1, "retry_max": 0.5},
     }
+    if _current and _current[-1].url:
+        # A daemon killed with -9 keeps its accounts' leases until they expire: short
+        # leases let the next one take over within a test's patience.
+        data["ha"] = {"lease": PG_LEASE}
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return data
@@ -61,7 +164,7 @@ def offline_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]
             "simulator": True,
             "poll_interval": 0.1,
         },
-        "store": {"path": str(tmp_path / "responder.db")},
+        "store": _store_section(tmp_path),
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

@@ -81,6 +81,7 @@ def sent_with(sandbox: Sandbox, text: str) -> list[Any]:
     return [sms for sms in sandbox.sent() if sms.text == SIGNATURE + text]
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_a_send_to_three_with_one_opted_out_reaches_the_gateway_gbk_signed_once(sandbox, running):
     assert running.client.put(f"/v1/optouts/{C}", headers=auth(ADMIN)).status_code == 200
     answer = running.post({"to": [A, B, C], "text": "您的订单已发货"}, key="order-7")
@@ -97,6 +98,7 @@ def test_a_send_to_three_with_one_opted_out_reaches_the_gateway_gbk_signed_once(
     wait_for(lambda: running.statuses(send_id) == {A: "sent", B: "sent", C: "suppressed"})
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_the_same_idempotency_key_twice_sends_once(sandbox, running):
     first = running.post({"to": [A], "text": "提醒一次"}, key="reminder-1")
     again = running.post({"to": [A], "text": "提醒一次"}, key="reminder-1")
@@ -106,6 +108,7 @@ def test_the_same_idempotency_key_twice_sends_once(sandbox, running):
     assert len(sent_with(sandbox, "提醒一次")) == 1
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_a_scheduled_send_waits_and_a_cancelled_one_never_goes(sandbox, running):
     at = datetime.now(UTC) + timedelta(seconds=2)
     kept = running.post({"to": [A], "text": "准时发送", "at": at.isoformat()}).json()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 
 import pytest
 
@@ -11,7 +10,7 @@ import responder_plugins.optout as optout
 from responder.config import settings_from_dict
 from responder.daemon import Daemon
 from responder.sandbox import Sandbox
-from tests.conftest import config_dict, wait_for, write_config
+from tests.conftest import config_dict, store_rows, wait_for, write_config
 
 RULES = {"rules": [{"keywords": ["CX", "查询"], "reply": "您好，您的查询已受理。"}]}
 REPLY = "您好，您的查询已受理。"
@@ -21,11 +20,8 @@ def replies_to(sandbox: Sandbox, number: str) -> list[str]:
     return [sms.text for sms in sandbox.sent() if number in sms.numbers]
 
 
-def outcomes(db) -> list[tuple[str, str, str, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT src, state, reason, decided_by FROM messages ORDER BY id"
-        ).fetchall()
+def outcomes() -> list[tuple[str, str, str, str]]:
+    return store_rows("SELECT src, state, reason, decided_by FROM messages ORDER BY id")
 
 
 @pytest.fixture
@@ -38,6 +34,7 @@ def daemon(sandbox, tmp_path):
     running.stop()
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_keywords_and_opt_out_through_the_daemon(sandbox, daemon, tmp_path):
     for number, text in [("13800138001", "cx"), ("13800138002", "ＣＸ"), ("13800138003", " 查询 ")]:
         sandbox.inject(number, text)
@@ -48,9 +45,9 @@ def test_keywords_and_opt_out_through_the_daemon(sandbox, daemon, tmp_path):
     wait_for(lambda: len(replies_to(sandbox, "13800138001")) == 2)
     assert replies_to(sandbox, "13800138001")[1] == optout.DEFAULT_CONFIRMATION
     sandbox.inject("13800138001", "CX")
-    wait_for(lambda: len(outcomes(tmp_path / "responder.db")) == 5)
-    wait_for(lambda: outcomes(tmp_path / "responder.db")[-1][1] != "received")
-    assert outcomes(tmp_path / "responder.db")[-1] == (
+    wait_for(lambda: len(outcomes()) == 5)
+    wait_for(lambda: outcomes()[-1][1] != "received")
+    assert outcomes()[-1] == (
         "13800138001",
         "ignored",
         "opted out",
@@ -59,6 +56,7 @@ def test_keywords_and_opt_out_through_the_daemon(sandbox, daemon, tmp_path):
     assert len(replies_to(sandbox, "13800138001")) == 2
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_an_opt_out_survives_a_daemon_restart(sandbox, tmp_path, daemons):
     config = write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path, keywords=RULES))
     first = daemons(config, tmp_path / "first.log")
@@ -70,8 +68,8 @@ def test_an_opt_out_survives_a_daemon_restart(sandbox, tmp_path, daemons):
     sandbox.inject("13800138000", "CX")
     sandbox.inject("13900139000", "CX")
     wait_for(lambda: replies_to(sandbox, "13900139000"))
-    wait_for(lambda: all(row[1] != "received" for row in outcomes(tmp_path / "responder.db")))
-    assert outcomes(tmp_path / "responder.db")[1] == (
+    wait_for(lambda: all(row[1] != "received" for row in outcomes()))
+    assert outcomes()[1] == (
         "13800138000",
         "ignored",
         "opted out",

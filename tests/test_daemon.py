@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 
 import pytest
 
 from responder.config import settings_from_dict
 from responder.daemon import STOP_TIMEOUT, read_stop_wait
 from responder.sandbox import Sandbox
-from tests.conftest import PASSWORD, config_dict, wait_for, write_config
+from tests.conftest import PASSWORD, config_dict, store_rows, wait_for, write_config
 
 RULES = {"rules": [{"keywords": ["CX", "查询"], "reply": "您好，已受理"}]}
 
@@ -19,9 +18,8 @@ def replies_to(sandbox: Sandbox, number: str) -> list[str]:
     return [s.text for s in sandbox.sent() if number in s.numbers]
 
 
-def message_states(db) -> dict[str, int]:
-    with sqlite3.connect(db) as conn:
-        return dict(conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"))
+def message_states() -> dict[str, int]:
+    return dict(store_rows("SELECT state, COUNT(*) FROM messages GROUP BY state"))
 
 
 @pytest.fixture
@@ -29,6 +27,7 @@ def config(sandbox, tmp_path):
     return write_config(tmp_path / "config.toml", config_dict(sandbox, tmp_path, keywords=RULES))
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_an_injected_message_gets_its_reply_gbk_intact(sandbox, config, tmp_path, daemons):
     daemon = daemons(config, tmp_path / "daemon.log")
     sandbox.inject("13800138000", "查询")
@@ -39,6 +38,7 @@ def test_an_injected_message_gets_its_reply_gbk_intact(sandbox, config, tmp_path
     assert daemon.wait() == 0
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_sigterm_stops_cleanly_within_ten_seconds(sandbox, config, tmp_path, daemons):
     daemon = daemons(config, tmp_path / "daemon.log")
     daemon.wait_for_log("daemon_started")
@@ -58,6 +58,7 @@ def test_sigterm_during_a_hung_send_still_exits_within_ten_seconds(
     assert daemon.wait(timeout=10) == 0
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_sigterm_during_a_slow_read_journals_its_message_then_exits_0(sandbox, tmp_path, daemons):
     """The read outlasts the old fixed stop wait (STOP_TIMEOUT) but not gateway.timeout:
     the platform hands the message out when it answers, so the stop must wait for it."""
@@ -70,7 +71,7 @@ def test_sigterm_during_a_slow_read_journals_its_message_then_exits_0(sandbox, t
     wait_for(lambda: sandbox.stats().reads >= 1)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=read_stop_wait(settings_from_dict(data).gateway) + 5) == 0
-    assert message_states(tmp_path / "responder.db") == {"received": 1}
+    assert message_states() == {"received": 1}
     assert sandbox.pending() == 0
     assert "stop_waits_for_read" in daemon.log()
     assert "stopped_with_work_in_flight" not in daemon.log()
@@ -89,6 +90,7 @@ def test_a_stop_waits_for_a_read_over_every_address_plus_a_margin(timeout, addre
     assert read_stop_wait(settings.gateway) == wait
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_kill9_during_a_hung_send_then_restart_sends_exactly_once(
     sandbox, config, tmp_path, daemons
 ):
@@ -99,13 +101,14 @@ def test_kill9_during_a_hung_send_then_restart_sends_exactly_once(
     first.kill9()
     second = daemons(config, tmp_path / "second.log")
     wait_for(lambda: replies_to(sandbox, "13800138000"))
-    wait_for(lambda: message_states(tmp_path / "responder.db") == {"replied": 1})
+    wait_for(lambda: message_states() == {"replied": 1})
     assert replies_to(sandbox, "13800138000") == ["您好，已受理"]
     assert "send_outcome_unknown" in second.log()
     second.signal(signal.SIGTERM)
     second.wait()
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_the_read_interval_holds_across_restarts(tmp_path, daemons):
     with Sandbox(name="acct", password=PASSWORD, min_read_interval=1.0) as sandbox:
         data = config_dict(sandbox, tmp_path, keywords=RULES)
@@ -191,6 +194,7 @@ class TooSoonRecorder(Sandbox):
         return super()._read(too_fast)
 
 
+@pytest.mark.stores("sqlite")  # about the gateway's read interval, not the store
 def test_a_read_refused_as_too_frequent_backs_off_a_further_interval(tmp_path, daemons):
     """The platform counts reads arrival to arrival, the daemon end to start: with the
     platform's interval at 1.5 × poll_interval it refuses reads (读取过于频繁). Taken for
@@ -203,7 +207,7 @@ def test_a_read_refused_as_too_frequent_backs_off_a_further_interval(tmp_path, d
         daemon = daemons(write_config(tmp_path / "config.toml", data), tmp_path / "daemon.log")
         wait_for(lambda: True in gateway.refused)
         gateway.inject("13800138000", "CX")
-        wait_for(lambda: message_states(tmp_path / "responder.db"))
+        wait_for(lambda: message_states())
         wait_for(lambda: len(gateway.refused) >= 8)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0

@@ -3,12 +3,10 @@ simulator over loopback for the replies, a real local HTTP receiver for the rela
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import re
 import signal
-import sqlite3
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -27,7 +25,7 @@ from responder.sandbox import Sandbox
 from responder.sending import send_due
 from responder.simulation import simulate, simulated_message
 from responder_plugins.conversations import ConversationsSettings, Flow, Step
-from tests.conftest import Clock, config_dict, offline_config, wait_for, write_config
+from tests.conftest import Clock, config_dict, offline_config, store_rows, wait_for, write_config
 from tests.test_webhook import expected_signature
 from tests.webhook_receiver import Receiver
 
@@ -531,6 +529,7 @@ def test_two_flows_cannot_share_a_start_word(make_app, sandbox, tmp_path):
 # -- the daemon, as a subprocess -------------------------------------------------------------
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_a_booking_survives_a_kill_9_between_two_messages_and_relays_the_form_once(
     sandbox, tmp_path, receiver, daemons
 ):
@@ -552,7 +551,7 @@ def test_a_booking_survives_a_kill_9_between_two_messages_and_relays_the_form_on
     exchange("12月3日", 2)
     # Killed once the send is recorded: a kill between a send and its record would resend
     # it (at least once, as docs/reliability.md says), which is not what this test is about.
-    wait_for(lambda: outbox_settled(tmp_path / "responder.db"))
+    wait_for(lambda: outbox_settled())
     first.kill9()
     second = daemons(config, tmp_path / "second.log")
     exchange("1", 3)
@@ -614,12 +613,11 @@ def test_a_menu_branch_an_opt_out_and_a_timeout_as_the_daemon_runs(sandbox, tmp_
     ]
 
 
-def outbox_settled(path: Path) -> bool:
-    """Every reply queued in the store at ``path`` has its send recorded."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        [(open_items,)] = db.execute(
-            "SELECT COUNT(*) FROM queue_items WHERE queue = 'outbox' AND state != 'done'"
-        ).fetchall()
+def outbox_settled() -> bool:
+    """Every reply queued in the test's store has its send recorded."""
+    [(open_items,)] = store_rows(
+        "SELECT COUNT(*) FROM queue_items WHERE queue = 'outbox' AND state != 'done'"
+    )
     return open_items == 0
 
 

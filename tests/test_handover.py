@@ -344,6 +344,7 @@ def test_bad_settings_are_errors_naming_the_key(sandbox, tmp_path, make_app, sec
 # -- the daemon, as a subprocess ---------------------------------------------------------------
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_the_daemon_pauses_for_that_number_until_release(sandbox, tmp_path, daemons):
     data = config_dict(sandbox, tmp_path, keywords=RULES)
     config = write_config(tmp_path / "config.toml", data)

@@ -129,6 +129,7 @@ def test_work_waiting_when_the_daemon_stops_is_answered_with_an_error(sandbox, r
     assert [str(e) for e in errors] == ["the daemon is stopping"]
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_a_scheduled_send_is_released_by_the_daemon_at_its_time(sandbox, run_daemon):
     daemon = run_daemon(sandbox)
     at = time.time() + 1.5
@@ -144,6 +145,7 @@ def test_a_scheduled_send_is_released_by_the_daemon_at_its_time(sandbox, run_dae
     assert found is not None and found.state == "queued"
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_a_reminder_answered_through_the_gateway_reaches_the_clinic_with_its_context(
     sandbox, run_daemon, receiver
 ):
@@ -173,6 +175,7 @@ def test_a_reminder_answered_through_the_gateway_reaches_the_clinic_with_its_con
     wait_for(lambda: any("谢谢，已记录：确认" in s.text for s in sandbox.sent()))
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_a_scheduled_send_survives_a_kill_and_goes_out_after_the_restart(
     sandbox, tmp_path, daemons
 ):

@@ -35,7 +35,7 @@ from responder.logs import configure_logging
 from responder.metrics import store_figures
 from responder.models import PLATFORM_TZ, InboundSms, Message, Reply
 from responder.sandbox import Sandbox
-from tests.conftest import Clock, config_dict, wait_for
+from tests.conftest import Clock, config_dict, open_test_store, wait_for
 from tests.webhook_receiver import Answer, Receiver, Trickler, json_answer
 
 SECRET = "whsec-3f9a1c0e5b7d2468-test"
@@ -1306,12 +1306,11 @@ def test_reply_reaches_the_sender_through_the_sandbox_gbk_intact(
     assert sms.raw_msg == answer.encode("gbk")
 
 
+@pytest.mark.stores("sqlite", "postgresql")
 def test_kill_9_during_a_hanging_call_then_restart_answers_once(
     sandbox, receiver, tmp_path, daemons
 ) -> None:
     import tomli_w
-
-    from responder.store import Store
 
     hang = threading.Event()
     receiver.script(Answer(hang=hang))
@@ -1341,7 +1340,7 @@ def test_kill_9_during_a_hanging_call_then_restart_answers_once(
 
         second = daemons(config, tmp_path / "second.log")
         [sms] = wait_for(sandbox.sent)
-        store = Store(tmp_path / "responder.db")
+        store = open_test_store()
         wait_for(lambda: store.outbox_for(1)[0].state == "sent")
         second.signal(15)
         assert second.wait() == 0
