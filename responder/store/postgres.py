@@ -34,9 +34,7 @@ from responder.conversations import Conversation, ConversationChange, change_res
 from responder.models import InboundSms, Message
 from responder.store.interface import (
     DEFAULT_ACCOUNT,
-    HISTORY_KINDS,
     ExchangeLine,
-    HistoryRow,
     JournalUnwritable,
     NewOutbound,
     NotClaimed,
@@ -69,11 +67,9 @@ from responder.store.rows import (
     _REPLY_LOOKBACK,
     StoreQueries,
     _conversation,
-    _history_window,
     _insert_outbound_items,
     _insert_outbound_recipients,
     _insert_outbox,
-    _like,
     _outbound,
     _outbox_answer,
     _queue_item,
@@ -252,6 +248,9 @@ class PostgresStore(StoreQueries):
     """The PostgreSQL store. Safe to use from several threads and several processes."""
 
     _LIKE = "ILIKE"  # as SQLite's LIKE: any case
+    _CONTAINS = "strpos"
+    _HAS_RECIPIENT = "(o.payload::jsonb -> 'recipients') @> jsonb_build_array(?::text)"
+    _PAYLOAD_TEXT = "(o.payload::jsonb ->> 'text')"
 
     dialect: Final = "postgresql"
 
@@ -1401,68 +1400,6 @@ class PostgresStore(StoreQueries):
             TrafficHour(since + hour * 3600.0, received[hour], queued[hour])
             for hour in range(hours)
         ]
-
-    # -- history -----------------------------------------------------------------------
-
-    def _history_outbox(
-        self,
-        account: str | None,
-        number: str | None,
-        since: float | None,
-        until: float | None,
-        grep: str | None,
-        before: tuple[float, int, int] | None,
-        limit: int,
-    ) -> list[HistoryRow]:
-        found: list[HistoryRow] = []
-        for kind in ("reply", "send"):
-            where, params = _history_window(
-                "o.created_at", "o.id", HISTORY_KINDS.index(kind), since, until, before
-            )
-            where.append("o.queue = 'outbox'")
-            where.append(
-                "o.outbound_id IS NULL" if kind == "reply" else "o.outbound_id IS NOT NULL"
-            )
-            if account is not None:
-                where.append("o.account = ?")
-                params.append(account)
-            if number is not None:
-                where.append(
-                    "strpos(o.payload, ?) > 0"
-                    " AND (o.payload::jsonb -> 'recipients') @> jsonb_build_array(?::text)"
-                )
-                params += [json.dumps(number), number]
-            if grep:
-                where.append("(o.payload::jsonb ->> 'text') ILIKE ? ESCAPE '\\'")
-                params.append(_like(grep))
-            send_columns = "o.outbound_id, s.source" if kind == "send" else "NULL, ''"
-            join = " LEFT JOIN outbound s ON s.id = o.outbound_id" if kind == "send" else ""
-            sql = (
-                f"SELECT o.id, o.created_at, o.payload, o.state, o.message_id, o.errid,"
-                f" o.last_error, {send_columns} FROM queue_items o{join}"
-                f" WHERE {' AND '.join(where)} ORDER BY o.created_at DESC, o.id DESC LIMIT ?"
-            )
-            for row in self.query(sql, (*params, limit)):
-                payload = json.loads(row[2])
-                found.append(
-                    HistoryRow(
-                        kind=kind,
-                        id=row[0],
-                        at=row[1],
-                        numbers=tuple(filter(None, payload.get("recipients", ()))),
-                        text=payload.get("text", ""),
-                        state=_OUTBOX_STATE.get(row[3], row[3]),
-                        plugin=payload.get("plugin", ""),
-                        message_id=row[4],
-                        send_id=row[7],
-                        source=row[8] or "",
-                        part=payload.get("part", 1),
-                        parts=payload.get("parts", 1),
-                        errid=row[5],
-                        error=row[6],
-                    )
-                )
-        return found
 
 
 # -- helpers: the same transitions as SQLite's, in PostgreSQL's SQL -------------------

@@ -342,6 +342,14 @@ class StoreQueries:
     _LIKE: str = "LIKE"
     """The operator ``history`` matches text with: one that ignores case (for ASCII), as
     SQLite's LIKE does."""
+    _CONTAINS: str = "instr"
+    """The function giving where a text is in another (0: nowhere)."""
+    _HAS_RECIPIENT: str = (
+        "EXISTS (SELECT 1 FROM json_each(o.payload, '$.recipients') r WHERE r.value = ?)"
+    )
+    """Whether an outbox item's JSON payload lists the number bound to its placeholder."""
+    _PAYLOAD_TEXT: str = "json_extract(o.payload, '$.text')"
+    """An outbox item's text, from its JSON payload."""
 
     if TYPE_CHECKING:
 
@@ -356,17 +364,6 @@ class StoreQueries:
         def set_meta(self, key: str, value: str) -> None: ...
 
         def migrate(self, owner: str, steps: Sequence[str | Mapping[str, str]]) -> None: ...
-
-        def _history_outbox(
-            self,
-            account: str | None,
-            number: str | None,
-            since: float | None,
-            until: float | None,
-            grep: str | None,
-            before: tuple[float, int, int] | None,
-            limit: int,
-        ) -> list[HistoryRow]: ...
 
         def _count_attempt(self, message_id: int, step: int) -> int: ...
 
@@ -795,6 +792,64 @@ class StoreQueries:
             )
             for row in self.query(sql, (*params, limit))
         ]
+
+    def _history_outbox(
+        self,
+        account: str | None,
+        number: str | None,
+        since: float | None,
+        until: float | None,
+        grep: str | None,
+        before: tuple[float, int, int] | None,
+        limit: int,
+    ) -> list[HistoryRow]:
+        found: list[HistoryRow] = []
+        for kind in ("reply", "send"):
+            where, params = _history_window(
+                "o.created_at", "o.id", HISTORY_KINDS.index(kind), since, until, before
+            )
+            where.append("o.queue = 'outbox'")
+            where.append(
+                "o.outbound_id IS NULL" if kind == "reply" else "o.outbound_id IS NOT NULL"
+            )
+            if account is not None:
+                where.append("o.account = ?")
+                params.append(account)
+            if number is not None:
+                # a cheap look for the quoted number in the JSON first, then the exact test
+                where.append(f"{self._CONTAINS}(o.payload, ?) > 0 AND {self._HAS_RECIPIENT}")
+                params += [json.dumps(number), number]
+            if grep:
+                where.append(f"{self._PAYLOAD_TEXT} {self._LIKE} ? ESCAPE '\\'")
+                params.append(_like(grep))
+            send_columns = "o.outbound_id, s.source" if kind == "send" else "NULL, ''"
+            join = " LEFT JOIN outbound s ON s.id = o.outbound_id" if kind == "send" else ""
+            sql = (
+                f"SELECT o.id, o.created_at, o.payload, o.state, o.message_id, o.errid,"
+                f" o.last_error, {send_columns} FROM queue_items o{join}"
+                f" WHERE {' AND '.join(where)} ORDER BY o.created_at DESC, o.id DESC LIMIT ?"
+            )
+            for row in self.query(sql, (*params, limit)):
+                payload = json.loads(row[2])
+                found.append(
+                    HistoryRow(
+                        kind=kind,
+                        id=row[0],
+                        at=row[1],
+                        numbers=tuple(filter(None, payload.get("recipients", ()))),
+                        text=payload.get("text", ""),
+                        state=_OUTBOX_STATE.get(row[3], row[3]),
+                        plugin=payload.get("plugin", ""),
+                        message_id=row[4],
+                        send_id=row[7],
+                        source=row[8] or "",
+                        part=payload.get("part", 1),
+                        parts=payload.get("parts", 1),
+                        errid=row[5],
+                        error=row[6],
+                    )
+                )
+        return found
 
     def _history_hand(
         self,

@@ -30,9 +30,7 @@ from responder.conversations import (
 from responder.models import InboundSms, Message
 from responder.store.interface import (
     DEFAULT_ACCOUNT,
-    HISTORY_KINDS,
     ExchangeLine,
-    HistoryRow,
     JournalUnwritable,
     NewOutbound,
     NotClaimed,
@@ -65,11 +63,9 @@ from responder.store.rows import (
     _REPLY_LOOKBACK,
     StoreQueries,
     _conversation,
-    _history_window,
     _insert_outbound_items,
     _insert_outbound_recipients,
     _insert_outbox,
-    _like,
     _of_account,
     _outbound,
     _outbox_answer,
@@ -1281,74 +1277,6 @@ class Store(StoreQueries):
             TrafficHour(since + hour * 3600.0, received[hour], queued[hour])
             for hour in range(hours)
         ]
-
-    # -- history ---------------------------------------------------------------------------
-
-    def _history_outbox(
-        self,
-        account: str | None,
-        number: str | None,
-        since: float | None,
-        until: float | None,
-        grep: str | None,
-        before: tuple[float, int, int] | None,
-        limit: int,
-    ) -> list[HistoryRow]:
-        columns = {row[1] for row in self.query("PRAGMA table_info(queue_items)")}
-        sends = "outbound_id" in columns
-        # Replies and outbound sends are both outbox items, ranked apart at the same moment:
-        # each kind is read on its own so that the key order holds within it.
-        found: list[HistoryRow] = []
-        for kind in ("reply", "send") if sends else ("reply",):
-            where, params = _history_window(
-                "o.created_at", "o.id", HISTORY_KINDS.index(kind), since, until, before
-            )
-            where.append("o.queue = 'outbox'")
-            if sends:
-                where.append(
-                    "o.outbound_id IS NULL" if kind == "reply" else "o.outbound_id IS NOT NULL"
-                )
-            if account is not None:
-                where.append("o.account = ?")
-                params.append(account)
-            if number is not None:
-                # A cheap look for the quoted number in the JSON first, then the exact test.
-                where.append(
-                    "instr(o.payload, ?) > 0 AND EXISTS"
-                    " (SELECT 1 FROM json_each(o.payload, '$.recipients') r WHERE r.value = ?)"
-                )
-                params += [json.dumps(number), number]
-            if grep:
-                where.append("json_extract(o.payload, '$.text') LIKE ? ESCAPE '\\'")
-                params.append(_like(grep))
-            send_columns = "o.outbound_id, s.source" if kind == "send" else "NULL, ''"
-            join = " LEFT JOIN outbound s ON s.id = o.outbound_id" if kind == "send" else ""
-            sql = (
-                f"SELECT o.id, o.created_at, o.payload, o.state, o.message_id, o.errid,"
-                f" o.last_error, {send_columns} FROM queue_items o{join}"
-                f" WHERE {' AND '.join(where)} ORDER BY o.created_at DESC, o.id DESC LIMIT ?"
-            )
-            for row in self.query(sql, (*params, limit)):
-                payload = json.loads(row[2])
-                found.append(
-                    HistoryRow(
-                        kind=kind,
-                        id=row[0],
-                        at=row[1],
-                        numbers=tuple(filter(None, payload.get("recipients", ()))),
-                        text=payload.get("text", ""),
-                        state=_OUTBOX_STATE.get(row[3], row[3]),
-                        plugin=payload.get("plugin", ""),
-                        message_id=row[4],
-                        send_id=row[7],
-                        source=row[8] or "",
-                        part=payload.get("part", 1),
-                        parts=payload.get("parts", 1),
-                        errid=row[5],
-                        error=row[6],
-                    )
-                )
-        return found
 
 
 def _add_replies(
